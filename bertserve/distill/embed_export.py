@@ -29,6 +29,7 @@ def save_student(distiller, out: str | Path) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     student, head, tokenizer = distiller.student, distiller.head, distiller.tokenizer
+    info = distiller.info()
     if hasattr(student.config, "distill_init"):
         del student.config.distill_init  # recorded in distill_info.json instead
     student.save_pretrained(out)
@@ -56,5 +57,5 @@ def save_student(distiller, out: str | Path) -> Path:
         modules.append({"idx": idx, "name": str(idx), "path": f"{idx}_Normalize",
                         "type": "sentence_transformers.models.Normalize"})
     _write_json(out / "modules.json", modules)
-    _write_json(out / "distill_info.json", {"format_version": FORMAT_VERSION, **distiller.info()})
+    _write_json(out / "distill_info.json", {"format_version": FORMAT_VERSION, **info})
     return out

@@ -283,5 +283,6 @@ class EmbeddingDistiller:
         return {"config": asdict(self.config), "teacher": str(self.teacher.checkpoint.path),
                 "teacher_pooling": self.head.mode, "teacher_normalize": self.head.normalize,
                 "train_examples": len(self.examples), "heldout_texts": len(self.heldout),
-                "student_init": getattr(self.student.config, "distill_init", None),
+                "student_init": getattr(self.student.config, "distill_init", None)
+                or {"init": "folder", "folder": self.config.student_init},
                 "history": asdict(self.history)}
