@@ -76,6 +76,8 @@ class ServerConfig:
         data = {k.replace("-", "_"): v for k, v in data.items()}
         encoder = dict(data.pop("encoder", None) or {})
         encoder.update({k: data.pop(k) for k in list(data) if k in ENCODER_FIELDS})
+        if isinstance(encoder.get("max_seq_len"), str) and encoder["max_seq_len"].lower() in ("none", "null"):
+            encoder["max_seq_len"] = None  # TOML has no null
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -98,10 +100,7 @@ class ServerConfig:
         if not isinstance(data, dict):
             raise ValueError(f"server config: {path} must hold a table/object of settings")
         data = data.get("serve", data)  # a [serve] table lets one file carry several commands' settings
-        merged = {k.replace("-", "_"): v for k, v in data.items()}
-        nested = dict(merged.pop("encoder", None) or {})
-        merged = {**nested, **merged, **overrides}
-        return cls.from_dict(merged)
+        return cls.from_dict({**data, **overrides})
 
     def public_dict(self) -> dict[str, Any]:
         """Settings safe to show to any client: the API key is never echoed."""
