@@ -56,6 +56,15 @@ class _Base:
     def _delay(self, attempt: int) -> float:
         return self.backoff * (2 ** attempt)
 
+    def _settle(self, attempt, response=None, error=None):
+        """The decoded answer, or None to retry after `_delay(attempt)`; raises what the caller should see."""
+        if response is not None and response.status_code < 400:
+            return response.json()
+        failure = self._failed(attempt, error, response)
+        if failure is not None:
+            raise failure from error
+        return None
+
     def _failed(self, attempt, error=None, response=None):
         """None to retry, else the exception to raise."""
         if response is not None:
@@ -133,21 +142,14 @@ class Client(_Base):
             return False
 
     def _request(self, method, path, body=None) -> dict:
-        for attempt in range(self.retries + 1):
+        for attempt in range(self.retries + 1):  # the last attempt returns or raises
             try:
-                response = self._http.request(method, path, json=body)
+                answer = self._settle(attempt, response=self._http.request(method, path, json=body))
             except httpx.HTTPError as e:
-                failure = self._failed(attempt, error=e)
-                if failure is not None:
-                    raise failure from e
-            else:
-                if response.status_code < 400:
-                    return response.json()
-                failure = self._failed(attempt, response=response)
-                if failure is not None:
-                    raise failure
+                answer = self._settle(attempt, error=e)
+            if answer is not None:
+                return answer
             time.sleep(self._delay(attempt))
-        raise AssertionError("unreachable")
 
     def close(self):
         self._http.close()
@@ -191,19 +193,12 @@ class AsyncClient(_Base):
     async def _request(self, method, path, body=None) -> dict:
         for attempt in range(self.retries + 1):
             try:
-                response = await self._http.request(method, path, json=body)
+                answer = self._settle(attempt, response=await self._http.request(method, path, json=body))
             except httpx.HTTPError as e:
-                failure = self._failed(attempt, error=e)
-                if failure is not None:
-                    raise failure from e
-            else:
-                if response.status_code < 400:
-                    return response.json()
-                failure = self._failed(attempt, response=response)
-                if failure is not None:
-                    raise failure
+                answer = self._settle(attempt, error=e)
+            if answer is not None:
+                return answer
             await asyncio.sleep(self._delay(attempt))
-        raise AssertionError("unreachable")
 
     async def aclose(self):
         await self._http.aclose()

@@ -18,7 +18,8 @@ import zmq
 from bert_serving.client import BertClient, ConcurrentBertClient
 
 from bertserve.client import AsyncClient, BadRequest, Client
-from serve_process import ServerProcess, lee_sentences
+from bertserve.serve.process import ServerProcess
+from serve_corpus import lee_sentences
 
 pytestmark = pytest.mark.timeout(240)
 KEY = "test-secret"

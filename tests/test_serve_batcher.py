@@ -9,7 +9,7 @@ import pytest
 from bertserve import Encoder
 from bertserve.serve.batcher import Batcher, QueueFull, RequestTooLarge, ServerClosing
 from bertserve.serve.metrics import Metrics
-from serve_process import lee_sentences
+from serve_corpus import lee_sentences
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -13,7 +13,8 @@ from bert_serving.client import BertClient
 
 from bertserve import Encoder
 from bertserve.client import Client
-from serve_process import ServerProcess, lee_sentences
+from bertserve.serve.process import ServerProcess
+from serve_corpus import lee_sentences
 
 ATOL = 2e-5
 

@@ -1,7 +1,7 @@
-"""Start a real `bertserve serve` process on loopback for tests and wait until it says it is ready.
+"""Run `bertserve serve` as a child process and wait until it is ready: for tests, benchmarks and notebooks.
 
-Every port is 0: the server binds free ports itself and reports them on its ready line, so tests never
-race each other for ports.
+With every port 0 (the default here) the server binds free ports itself and reports them on its ready line,
+so parallel runs never race for ports.
 """
 from __future__ import annotations
 
@@ -14,15 +14,18 @@ import tempfile
 import threading
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+# the folder holding this bertserve package, so the child imports the same code as its parent
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
 class ServerProcess:
+    """`ServerProcess("--model", path)`; `.url`, `.port`, `.port_out`; `.stop()` sends SIGTERM and waits."""
+
     def __init__(self, *flags: str, startup_timeout: float = 120.0):
         self.log = tempfile.NamedTemporaryFile("w+", prefix="bertserve-serve-", suffix=".log", delete=False)
-        env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        env = {**os.environ, "PYTHONPATH": f"{PACKAGE_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               # spinning OpenMP threads collapse (10x and worse) when the 2 cores are shared; see docs/serve.md
+               # spinning OpenMP threads collapse (10x and worse) on a busy machine; see docs/serve.md
                "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
         cmd = [sys.executable, "-m", "bertserve.cli", "serve", "--http-port", "0", "--port", "0",
                "--port-out", "0", *flags]
@@ -43,7 +46,8 @@ class ServerProcess:
         return json.loads(line)
 
     def log_text(self) -> str:
-        return Path(self.log.name).read_text(errors="replace")
+        path = Path(self.log.name)
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def signal(self, sig=signal.SIGTERM):
         self.proc.send_signal(sig)
@@ -61,14 +65,7 @@ class ServerProcess:
                 self.proc.wait(10)
         self.proc.stdout.close()
         self.log.close()
+        if self.proc.returncode == 0:  # a failed run keeps its log for reading
+            Path(self.log.name).unlink(missing_ok=True)
         return self.proc.returncode
 
-
-def lee_sentences() -> list[str]:
-    """Real English news sentences (gensim's Lee background corpus), 4 words or more, in file order."""
-    import importlib.util
-    import re
-
-    path = Path(importlib.util.find_spec("gensim").origin).parent / "test" / "test_data" / "lee_background.cor"
-    text = path.read_text(encoding="utf-8", errors="replace")
-    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if len(s.split()) >= 4]
