@@ -102,3 +102,26 @@ def test_config_file_with_token_vectors_and_two_workers(tmp_path, tiny_chinese_b
         assert r.status_code == 400 and "--show-tokens-to-client" in r.json()["error"]["message"]
     finally:
         assert srv.stop() == 0
+
+
+@pytest.mark.timeout(180)
+def test_search_collections_mounted_and_embedded_through_the_batcher(tmp_path, default_encoder):
+    pytest.importorskip("bertserve.search.routes", reason="search (issue 5) not merged into this checkout yet")
+    srv = ServerProcess("--data-dir", str(tmp_path / "collections"), "--api-key", "k")
+    auth = {"Authorization": "Bearer k"}
+    docs = ["The cat sat on the mat.", "Stock markets fell sharply today.", "A kitten is sleeping on a rug."]
+    try:
+        with httpx.Client(base_url=srv.url, headers=auth, timeout=60) as h:
+            assert httpx.post(f"{srv.url}/collections", json={"name": "docs"}).status_code == 401
+            assert h.post("/collections", json={"name": "docs"}).status_code == 201
+            assert h.post("/collections/docs/add", json={"texts": docs, "ids": ["a", "b", "c"]}).status_code == 200
+            hits = h.post("/collections/docs/search", json={"query": "a cat on a mat", "k": 3}).json()["hits"]
+            assert hits[0]["id"] == "a"
+            want = default_encoder.encode(["a cat on a mat"]) @ default_encoder.encode(docs).T
+            np.testing.assert_allclose(sorted([x["score"] for x in hits], reverse=True),
+                                       sorted(want[0], reverse=True), atol=1e-4)
+            status = h.get("/status").json()
+            assert status["num_total_seq"] >= 4  # documents and query went through the batcher
+    finally:
+        assert srv.stop() == 0
+    assert (tmp_path / "collections" / "docs").is_dir()

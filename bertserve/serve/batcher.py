@@ -212,6 +212,24 @@ class Batcher:
             self._cond.notify_all()
 
 
+class BatchedEncoder:
+    """An Encoder look-alike (`encode`, `dim`, `config`) whose calls go through the batcher, for in-process
+    users such as search collections; long lists are sent in pieces the batcher accepts."""
+
+    def __init__(self, batcher: Batcher):
+        self.batcher = batcher
+        self.dim = batcher.encoder.dim
+        self.config = batcher.encoder.config
+
+    def encode(self, texts, is_tokenized: bool = False) -> np.ndarray:
+        texts = list(texts)
+        step = self.batcher.max_request_texts
+        if len(texts) <= step:
+            return self.batcher.encode(texts, is_tokenized).vectors
+        return np.concatenate([self.batcher.encode(texts[i:i + step], is_tokenized).vectors
+                               for i in range(0, len(texts), step)])
+
+
 def _take(job: _Job, budget: int, picked: list) -> int:
     """Hand out the job's next items while they fit in `budget` tokens (at least one if the batch is empty)."""
     used = 0

@@ -3,7 +3,8 @@
 Shutdown order on SIGINT/SIGTERM, so that every accepted request is answered:
 1. the ZeroMQ front-end refuses new encode requests (error reply "shutting down");
 2. uvicorn stops accepting connections and waits for the HTTP requests in flight;
-3. the batcher finishes what it holds (ZeroMQ requests included) and stops its threads;
+3. search collections (if mounted) are saved and closed; the batcher finishes what it holds (ZeroMQ
+   requests included) and stops its threads;
 4. the ZeroMQ front-end sends the last replies and closes its sockets.
 A second signal skips the waiting.
 """
@@ -16,7 +17,7 @@ import signal
 import threading
 import time
 
-from bertserve.serve.batcher import Batcher
+from bertserve.serve.batcher import BatchedEncoder, Batcher
 from bertserve.serve.config import ServerConfig
 from bertserve.serve.metrics import Metrics
 from bertserve.serve.state import ServerState
@@ -48,7 +49,7 @@ def collection_routers(state: ServerState) -> tuple:
         from bertserve.search.routes import make_router
     except ImportError as e:
         raise ValueError(f"--data-dir needs bertserve.search.routes, which cannot be imported: {e}") from e
-    return (make_router(state.config.data_dir, lambda texts: state.batcher.encode(list(texts)).vectors),)
+    return (make_router(state.config.data_dir, BatchedEncoder(state.batcher)),)
 
 
 class Server:
@@ -59,6 +60,7 @@ class Server:
         self.http = None
         self._http_thread = None
         self._stop = threading.Event()
+        self.routers = ()
         self.http_port = self.port = self.port_out = None
 
     def start(self):
@@ -81,7 +83,8 @@ class Server:
 
         from bertserve.serve.http_app import make_app
 
-        app = make_app(self.state, collection_routers(self.state))
+        self.routers = collection_routers(self.state)
+        app = make_app(self.state, self.routers)
         ucfg = uvicorn.Config(app, host=self.config.host, port=self.config.http_port, access_log=False,
                               log_level=logging.getLogger().getEffectiveLevel(), log_config=None,
                               timeout_graceful_shutdown=self.config.shutdown_timeout, lifespan="off")
@@ -133,6 +136,10 @@ class Server:
         if self.http is not None:
             self.http.should_exit = True
             self._http_thread.join(max(0.0, deadline - time.monotonic()) + 1)
+        for router in self.routers:
+            registry = getattr(router, "registry", None)  # search collections save themselves on close
+            if registry is not None:
+                registry.close()
         drained = self.state.batcher.close(timeout=max(0.0, deadline - time.monotonic()))
         if self.zmq is not None:
             self.zmq.stop(timeout=max(1.0, deadline - time.monotonic()))
