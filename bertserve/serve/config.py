@@ -96,7 +96,8 @@ class ServerConfig:
         try:
             data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
         except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"server config: {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {e}") from e
+            kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
+            raise ValueError(f"server config: {path} is not valid {kind}: {e}") from e
         if not isinstance(data, dict):
             raise ValueError(f"server config: {path} must hold a table/object of settings")
         data = data.get("serve", data)  # a [serve] table lets one file carry several commands' settings

@@ -43,12 +43,8 @@ class ServerState:
 
     @property
     def pools_per_token(self) -> bool:
-        return self.encoded_ndim == 3
-
-    @property
-    def encoded_ndim(self) -> int:
-        pooling = _plain(self.encoder.config.pooling)
-        return 3 if str(pooling).upper() == "NONE" else 2
+        """Pooling NONE: (n, L, d) token vectors, no single vector per text."""
+        return str(_plain(self.encoder.config.pooling)).upper() == "NONE"
 
     def server_config(self) -> dict:
         """bert-as-service's SHOW_CONFIG: its client reads server_version, max_seq_len, show_tokens_to_client."""
