@@ -285,7 +285,8 @@ def main():
         p50 = lat["in-process Encoder.encode"]["p50_ms"]
         for v in lat.values():
             v["overhead_ms"] = round(v["p50_ms"] - p50, 2)
-        results["rss_end"] = rss_mb(srv.proc.pid)
+        time.sleep(2.5)  # the server hands free heap back after 1 s idle
+        results["rss_idle_after_load"] = rss_mb(srv.proc.pid)
     finally:
         srv.stop()
     if args.workers:
