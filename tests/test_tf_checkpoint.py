@@ -303,3 +303,54 @@ def test_cli_subcommand(tmp_path, capsys):
     assert args.func(args) == 0
     assert "wrote" in capsys.readouterr().out
     assert json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())["do_lower_case"] is False
+
+
+# --- through the Encoder and the command line --------------------------------------------------------
+
+@pytest.fixture
+def cache_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("BERTSERVE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_encoder_loads_a_google_folder(cache_env):
+    from bertserve import Encoder
+
+    enc = Encoder(model=GOOGLE)
+    ref = Encoder(model=HF)
+    assert enc.checkpoint.format == "tf-checkpoint" and enc.checkpoint.path == GOOGLE
+    assert enc.checkpoint.has_pooler and enc.max_seq_len == 40 and enc.dim == 32
+    assert list(cache_env.glob("tf-converted/chinese_L-2_H-32_A-2-*/model.safetensors"))
+    X, tokens = enc.encode(TEXTS, show_tokens=True)
+    assert tokens[0] == ["[CLS]", *"我爱北京天安门", "[SEP]"]
+    np.testing.assert_allclose(X, ref.encode(TEXTS), atol=1e-5, rtol=0)
+    # REDUCE_MEAN of one unpadded text is the plain mean of the reference model's last layer.
+    model = BertModel.from_pretrained(HF).eval()
+    ids = BertTokenizerFast.from_pretrained(HF)("我爱北京天安门", return_tensors="pt")
+    with torch.no_grad():
+        want = model(**ids).last_hidden_state[0].mean(0).numpy()
+    np.testing.assert_allclose(X[0], want, atol=1e-5, rtol=0)
+    for options in ({"pooling": "CLS_POOLED"}, {"pooling": "REDUCE_MEAN_MAX", "layers": (0, -2)}):
+        np.testing.assert_allclose(Encoder(model=GOOGLE, **options).encode(TEXTS),
+                                   Encoder(model=HF, **options).encode(TEXTS), atol=1e-5, rtol=0)
+
+
+def test_encoder_names_the_missing_shard(cache_env, google_copy):
+    from bertserve import CheckpointError as BertserveCheckpointError
+    from bertserve import Encoder
+
+    (google_copy / "bert_model.ckpt.data-00000-of-00001").unlink()
+    with pytest.raises(BertserveCheckpointError, match="bert_model.ckpt.data-00000-of-00001 not found"):
+        Encoder(model=google_copy)
+
+
+def test_command_line_info_and_convert(cache_env, tmp_path, capsys):
+    from bertserve.cli import main
+
+    assert main(["info", "--model", str(GOOGLE), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["format"], info["layers"], info["vocab_size"], info["has_pooler"]) == ("tf-checkpoint", 2, 93, True)
+    assert main(["convert-tf", str(GOOGLE), str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    assert main(["convert-tf", str(tmp_path / "nowhere"), str(tmp_path / "out2")]) == 2
+    assert "nowhere not found" in capsys.readouterr().err

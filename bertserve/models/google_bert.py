@@ -36,7 +36,8 @@ def is_tf_checkpoint(folder: str | Path) -> bool:
     folder = Path(folder)
     if not folder.is_dir() or (folder / "config.json").is_file():
         return False
-    return (folder / CONFIG_FILE).is_file() or any(folder.glob("*.index"))
+    return ((folder / CONFIG_FILE).is_file() or any(folder.glob("*.index"))
+            or any(folder.glob("*.data-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9]")))
 
 
 def read_bert_config(folder: str | Path):
