@@ -195,8 +195,6 @@ def test_detection():
 ])
 def test_missing_file_is_named(tmp_path, google_copy, missing, pattern):
     (google_copy / missing).unlink()
-    if missing == "bert_model.ckpt.index":
-        (google_copy / "checkpoint").unlink()
     assert is_tf_checkpoint(google_copy)
     cache = tmp_path / "cache"
     with pytest.raises(FileNotFoundError, match=pattern):
@@ -241,21 +239,14 @@ def test_damaged_index_is_reported(google_copy):
 
 def test_compressed_index_block_is_refused_clearly(google_copy):
     """Mark the first data block snappy-compressed (with a valid checksum): TF never writes that."""
+    from bertserve.models.tf_checkpoint import _block_entries, _handle, _index_handle
+
     index = google_copy / "bert_model.ckpt.index"
     raw = bytearray(index.read_bytes())
-    footer = raw[-48:]
-    # First data block starts at 0; its size is the first index-block handle's size. Find its trailer
-    # by walking: the index block handle is in the footer, the first entry of it points at block 0.
-    from bertserve.models.tf_checkpoint import _block_entries, _varint
-    pos = 0
-    for _ in range(2):
-        _, pos = _varint(footer, pos)
-    io, pos = _varint(footer, pos)
-    isz, _ = _varint(footer, pos)
-    _, handle = next(iter(_block_entries(bytes(raw[io:io + isz]), "index")))
-    off, p = _varint(handle, 0)
-    size, _ = _varint(handle, p)
-    raw[off + size] = 1
+    io, isz = _index_handle(bytes(raw))
+    _, first_handle = next(iter(_block_entries(bytes(raw[io:io + isz]), "index")))
+    off, size, _ = _handle(first_handle)
+    raw[off + size] = 1  # the block's compression type byte
     raw[off + size + 1:off + size + 5] = mask(crc32c(bytes(raw[off:off + size + 1]))).to_bytes(4, "little")
     index.write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match="snappy"):
@@ -283,16 +274,28 @@ def test_config_that_disagrees_with_the_weights(tmp_path, google_copy):
         convert_tf_checkpoint(google_copy, tmp_path / "d")
 
 
-def test_checkpoint_of_another_model_is_refused(tmp_path):
-    """A bundle whose variables are not Google BERT's (here the sharded one) is not silently half-loaded."""
+@pytest.mark.parametrize("stem, pattern", [
+    ("mixed", "unexpected variable 'a/float16'"),
+    ("tf2_object", "TF2 object-based checkpoint"),
+])
+def test_checkpoint_of_another_model_is_refused(tmp_path, stem, pattern):
+    """Bundles whose variables are not Google BERT's are not silently half-loaded."""
     folder = tmp_path / "other"
     folder.mkdir()
-    for f in SHARDED.parent.glob("mixed.*"):
+    for f in SHARDED.parent.glob(f"{stem}.*"):
         shutil.copyfile(f, folder / f.name)
     shutil.copyfile(GOOGLE / "bert_config.json", folder / "bert_config.json")
     shutil.copyfile(GOOGLE / "vocab.txt", folder / "vocab.txt")
-    with pytest.raises(CheckpointError, match="unexpected variable 'a/float16'"):
+    with pytest.raises(CheckpointError, match=pattern):
         convert_tf_checkpoint(folder, tmp_path / "out")
+
+
+def test_reader_lists_a_keras_object_checkpoint():
+    bundle = TensorBundle(SHARDED.parent / "tf2_object")
+    assert bundle.entries["_CHECKPOINTABLE_OBJECT_GRAPH"].dtype == "string"
+    kernel = [n for n in bundle.names() if "kernel" in n]
+    assert len(kernel) == 1 and bundle.read(kernel[0]).shape == (3, 2)
+    assert bundle.read("dense/bias/.ATTRIBUTES/VARIABLE_VALUE").tolist() == [0.0, 0.0]  # Keras' zero init
 
 
 def test_cli_subcommand(tmp_path, capsys):

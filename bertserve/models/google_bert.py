@@ -34,7 +34,8 @@ _REQUIRED_CONFIG = ("vocab_size", "hidden_size", "num_hidden_layers", "num_atten
 def is_tf_checkpoint(folder: str | Path) -> bool:
     """True for a folder in Google's layout, even a partial one (loading then names what is missing)."""
     folder = Path(folder)
-    if not folder.is_dir() or (folder / "config.json").is_file():
+    hf_weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+    if not folder.is_dir() or any((folder / f).is_file() for f in hf_weights):
         return False
     return ((folder / CONFIG_FILE).is_file() or any(folder.glob("*.index"))
             or any(folder.glob("*.data-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9]")))
@@ -92,6 +93,9 @@ def bert_state_dict(bundle: TensorBundle, config) -> dict:
 
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in BertModel(config).state_dict().items()}
+    if "_CHECKPOINTABLE_OBJECT_GRAPH" in bundle:
+        raise CheckpointError(f"{bundle.prefix} is a TF2 object-based checkpoint (tf.train.Checkpoint / Keras), "
+                              "not Google's original BERT layout with bert/... variables")
     state = {}
     for name in bundle.names():
         key = hf_name(name)

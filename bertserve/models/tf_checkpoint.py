@@ -108,9 +108,22 @@ def _parse_entry(name: str, value: bytes) -> TensorEntry:
 
 # --- SSTable -----------------------------------------------------------------------------------
 
-def _block(data: bytes, handle: bytes, where: str) -> bytes:
-    offset, pos = _varint(handle, 0)
-    size, _ = _varint(handle, pos)
+def _handle(buf: bytes, pos: int = 0) -> tuple[int, int, int]:
+    """A block handle (offset, size) starting at buf[pos], and the position after it."""
+    offset, pos = _varint(buf, pos)
+    size, pos = _varint(buf, pos)
+    return offset, size, pos
+
+
+def _index_handle(data: bytes) -> tuple[int, int]:
+    """(offset, size) of the index block, from the footer; the metaindex handle before it is unused by TF."""
+    footer = data[-_FOOTER_LEN:]
+    _, _, pos = _handle(footer)
+    offset, size, _ = _handle(footer, pos)
+    return offset, size
+
+
+def _block(data: bytes, offset: int, size: int, where: str) -> bytes:
     end = offset + size + _BLOCK_TRAILER_LEN
     if end > len(data):
         raise CheckpointError(f"{where} is truncated: a block ends at byte {end}, the file has {len(data)}")
@@ -151,16 +164,10 @@ def _table_items(path: Path):
     if len(data) < _FOOTER_LEN or int.from_bytes(data[-8:], "little") != _TABLE_MAGIC:
         raise CheckpointError(f"{where} is not a TensorFlow V2 checkpoint index (bad or missing footer; "
                               "truncated, or an old V1 checkpoint?)")
-    footer = data[-_FOOTER_LEN:]
-    pos = 0
-    for _ in range(2):  # skip the metaindex handle (offset, size): TensorFlow leaves it empty
-        _, pos = _varint(footer, pos)
-    start = pos
-    for _ in range(2):
-        _, pos = _varint(footer, pos)
-    index = _block(data, footer[start:pos], where)
+    index = _block(data, *_index_handle(data), where)
     for _, handle in _block_entries(index, where):
-        yield from _block_entries(_block(data, handle, where), where)
+        offset, size, _ = _handle(handle)
+        yield from _block_entries(_block(data, offset, size, where), where)
 
 
 # --- the bundle --------------------------------------------------------------------------------
@@ -222,19 +229,23 @@ class TensorBundle:
             raise KeyError(f"no tensor {name!r} in checkpoint {self.prefix}")
         if e.dtype == "string":
             raise CheckpointError(f"tensor {name!r} holds strings, which this reader does not decode")
+        count = int(np.prod(e.shape, dtype=np.int64))
+        disk_dtype = np.dtype("<u2" if e.dtype == "bfloat16" else e.dtype)
+        if count * disk_dtype.itemsize != e.size:
+            raise CheckpointError(f"tensor {name!r} has {e.size} bytes on disk, its shape {e.shape} needs "
+                                  f"{count * disk_dtype.itemsize}")
+        arr = np.empty(count, dtype=disk_dtype)  # read straight into the array: one copy of the data
         with open(self.shard_path(e.shard_id), "rb") as f:
             f.seek(e.offset)
-            raw = f.read(e.size)
-        if self.verify and e.masked_crc is not None and crc32c(raw) != unmask(e.masked_crc):
+            got = f.readinto(memoryview(arr).cast("B"))
+        if got != e.size:
+            raise CheckpointError(f"{self.shard_path(e.shard_id).name} is truncated: tensor {name!r} got {got} "
+                                  f"of {e.size} bytes")
+        if self.verify and e.masked_crc is not None and crc32c(arr) != unmask(e.masked_crc):
             raise CheckpointError(f"tensor {name!r} in {self.shard_path(e.shard_id).name} is corrupt: checksum mismatch")
-        count = int(np.prod(e.shape, dtype=np.int64))
         if e.dtype == "bfloat16":
-            arr = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
-        else:
-            arr = np.frombuffer(raw, dtype=e.dtype)
-        if arr.size != count:
-            raise CheckpointError(f"tensor {name!r} has {arr.size} values on disk, its shape {e.shape} needs {count}")
-        return arr.reshape(e.shape).astype(arr.dtype.newbyteorder("="), copy=True)
+            arr = (arr.astype(np.uint32) << 16).view(np.float32)
+        return arr.astype(arr.dtype.newbyteorder("="), copy=False).reshape(e.shape)
 
 
 def find_checkpoint_prefix(folder: str | Path) -> Path:

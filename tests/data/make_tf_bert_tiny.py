@@ -16,7 +16,8 @@ values beside it, so the reader is checked against files TensorFlow itself wrote
 Output (all small, committed):
     tf_bert_tiny/chinese_L-2_H-32_A-2/  bert_config.json, vocab.txt, bert_model.ckpt.{index,data-*}, checkpoint
     tf_bert_tiny/hf/                    the same weights as a transformers BertForPreTraining folder
-    tf_bert_tiny/sharded/               mixed.{index,data-00000-of-00002,data-00001-of-00002}, expected.npz
+    tf_bert_tiny/sharded/               mixed.{index,data-00000-of-00002,data-00001-of-00002}, expected.npz,
+                                        tf2_object.{index,data-00000-of-00001} (a Keras layer via tf.train.Checkpoint)
 """
 from __future__ import annotations
 
@@ -139,6 +140,11 @@ def write_tf(npz_path: Path, google_dir: Path, sharded_dir: Path) -> None:
     tf.raw_ops.MergeV2Checkpoints(checkpoint_prefixes=parts, destination_prefix=str(sharded_dir / "mixed"))
     np.savez(sharded_dir / "expected.npz", **{k.replace("/", "__"): v for k, v in expected.items()})
     shutil.rmtree(tmp, ignore_errors=True)  # MergeV2Checkpoints already removed the parts
+
+    # A TF2 object-based checkpoint (what Keras and tf.train.Checkpoint write): not Google's BERT layout.
+    layer = tf.keras.layers.Dense(2)
+    layer.build((None, 3))
+    tf.train.Checkpoint(dense=layer).write(str(sharded_dir / "tf2_object"))
 
 
 def main() -> None:
