@@ -242,7 +242,8 @@ class TensorBundle:
             raise CheckpointError(f"{self.shard_path(e.shard_id).name} is truncated: tensor {name!r} got {got} "
                                   f"of {e.size} bytes")
         if self.verify and e.masked_crc is not None and crc32c(arr) != unmask(e.masked_crc):
-            raise CheckpointError(f"tensor {name!r} in {self.shard_path(e.shard_id).name} is corrupt: checksum mismatch")
+            raise CheckpointError(f"tensor {name!r} in {self.shard_path(e.shard_id).name} is corrupt: "
+                                  "checksum mismatch")
         if e.dtype == "bfloat16":
             arr = (arr.astype(np.uint32) << 16).view(np.float32)
         return arr.astype(arr.dtype.newbyteorder("="), copy=False).reshape(e.shape)
