@@ -174,6 +174,9 @@ def test_cache_converts_once_and_notices_a_changed_checkpoint(tmp_path, google_c
     assert (first / "model.safetensors").stat().st_mtime_ns == stamp
     data = google_copy / "bert_model.ckpt.data-00000-of-00001"
     os.utime(data, ns=(data.stat().st_atime_ns, data.stat().st_mtime_ns + 10**9))
+    killed = cache / ".converting-killed"  # what a conversion killed half-way leaves
+    killed.mkdir()
+    os.utime(killed, (0, 0))
     second = ensure_converted(google_copy, cache_dir=cache)
     assert second != first and (second / "model.safetensors").is_file()
     assert not [p for p in cache.iterdir() if p.name.startswith(".converting")]

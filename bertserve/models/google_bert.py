@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ CONFIG_FILE = "bert_config.json"
 VOCAB_FILE = "vocab.txt"
 SOURCE_FILE = "bertserve_tf_source.json"  # written into converted folders; says what they came from
 CONVERSION_VERSION = 1
+_STALE_SECONDS = 3600
 
 # Names in Google checkpoints that are not part of the encoder: the pre-training heads, the step
 # counter, a fine-tuned classifier, and optimizer slots.
@@ -188,6 +190,9 @@ def ensure_converted(folder: str | Path, cache_dir: str | Path | None = None,
     if (target / SOURCE_FILE).is_file():
         return target
     cache.mkdir(parents=True, exist_ok=True)
+    for stale in cache.glob(".converting-*"):  # left by a conversion that was killed; one takes seconds
+        if time.time() - stale.stat().st_mtime > _STALE_SECONDS:
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=".converting-", dir=cache))
     try:
         convert_tf_checkpoint(folder, tmp, do_lower_case=do_lower_case)
