@@ -109,10 +109,10 @@ def _is_tf_checkpoint(path: Path) -> bool:
 
 def _load_tf_checkpoint(path: Path) -> Checkpoint:
     """Google's TF layout is converted once into a cached HF folder, then loaded like any other."""
-    from bertserve.models import google_bert, tf_checkpoint
+    from bertserve.models import google_bert
     try:
         hf_folder = google_bert.ensure_converted(path)
-    except (FileNotFoundError, tf_checkpoint.CheckpointError) as e:
+    except (FileNotFoundError, CheckpointError) as e:
         raise CheckpointError(f"cannot load Google TF checkpoint {path}: {e}") from e
     ckpt = _load_huggingface(hf_folder, fmt="tf-checkpoint")
     ckpt.path = path

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bertserve.models.checkpoint import CheckpointError  # one error type for every unusable checkpoint
 from bertserve.models.crc32c import crc32c, unmask
 
 _TABLE_MAGIC = 0xDB4775248B80FB57
@@ -24,10 +25,6 @@ _BLOCK_TRAILER_LEN = 5  # compression type byte + masked CRC of block and type
 _DTYPES = {1: "<f4", 2: "<f8", 3: "<i4", 4: "u1", 5: "<i2", 6: "i1", 8: "<c8", 9: "<i8", 10: "?",
            14: "bfloat16", 17: "<u2", 18: "<c16", 19: "<f2", 22: "<u4", 23: "<u8"}
 _DT_STRING = 7
-
-
-class CheckpointError(ValueError):
-    """A TensorFlow checkpoint that is malformed, truncated, or in a form this reader does not handle."""
 
 
 @dataclass(frozen=True)
