@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 
 HZ = os.sysconf("SC_CLK_TCK")
 REQUEST_TEXTS = 32
+SAME_REQUESTS = "in-process, requests of 32 in turn"
 SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
 
 
@@ -114,7 +115,11 @@ def throughput(enc, srv, texts, rounds, concurrencies):
 
     from bertserve.client import Client
 
-    contenders = {"in-process Encoder.encode": lambda: enc.encode(texts)}
+    # two in-process peers: the whole corpus in one call (sorted by length over all texts), and the same
+    # requests of REQUEST_TEXTS one after the other (what one client can hand a server)
+    contenders = {"in-process Encoder.encode": lambda: enc.encode(texts),
+                  SAME_REQUESTS: lambda: np.concatenate([enc.encode(texts[s:s + REQUEST_TEXTS])
+                                                         for s in range(0, len(texts), REQUEST_TEXTS)])}
     for c in concurrencies:
         contenders[f"HTTP, {c} clients"] = lambda c=c: run_clients(lambda: Client(srv.url, timeout=600), texts, c)
         contenders[f"ZeroMQ BertClient, {c} clients"] = lambda c=c: run_clients(
@@ -277,9 +282,11 @@ def main():
         rows = throughput(enc, srv, texts, args.rounds, [int(c) for c in args.concurrency.split(",")])
         results["throughput"] = {n: summary(r) for n, r in rows.items()}
         base = results["throughput"]["in-process Encoder.encode"]
+        same = results["throughput"][SAME_REQUESTS]
         for v in results["throughput"].values():
             v["ratio_to_in_process"] = round(v["median_per_s"] / base["median_per_s"], 3)
             v["cpu_ratio_to_in_process"] = round(v["median_per_cpu_s"] / base["median_per_cpu_s"], 3)
+            v["cpu_ratio_to_same_requests"] = round(v["median_per_cpu_s"] / same["median_per_cpu_s"], 3)
         print("latency, one sentence:", flush=True)
         results["latency"] = lat = latency(enc, srv, args.latency_requests, args.rounds)
         p50 = lat["in-process Encoder.encode"]["p50_ms"]
