@@ -183,19 +183,16 @@ class Collection:
                     raise ValueError("update needs texts, vectors or metadata")
                 self.store.set_meta(ids, _check_metadata(metadata, len(ids)))
                 return
-            old = self.store.rows(self.store.iids_of(ids))
-            by_id = {row[0]: row for row in old.values()}
-            if metadata is None:
-                metadata = [by_id[i][2] for i in ids]
-            if texts is None:
-                texts = [by_id[i][1] for i in ids] if vectors is not None else None
             n = len(ids)
-            texts = _check_texts(texts, n)
-            metas = _check_metadata(metadata, n)
-            vectors = self._vectors_for(texts, vectors)
+            new_texts = _check_texts(texts, n)
+            vectors = self._vectors_for(new_texts, vectors)
+            old = {row[0]: row for row in self.store.rows(self.store.iids_of(ids)).values()}
+            if new_texts is None:
+                new_texts = [old[i][1] for i in ids]
+            metas = _check_metadata(metadata if metadata is not None else [old[i][2] for i in ids], n)
             with self.store.transaction():  # delete + insert commit together
                 old_iids = self.store.delete(ids)
-                new_iids = self.store.add(ids, texts if texts is not None else [None] * n, metas, vectors)
+                new_iids = self.store.add(ids, new_texts, metas, vectors)
             for i in old_iids.tolist():
                 del self._ids[i]
             self._ids.update(zip(new_iids.tolist(), ids))
@@ -381,7 +378,8 @@ class Collection:
 
     def _rebuild(self, factory: str, force: bool = False):
         iids, vecs = self.store.vectors()
-        trainable = len(iids) >= specs.train_size(specs.build_index(factory, self.dim, self.spec.metric), self.dim)
+        empty = specs.build_index(factory, self.dim, self.spec.metric)
+        trainable = len(iids) >= specs.train_size(empty, self.dim, minimum=force)
         if not trainable:
             if not force:
                 return

@@ -6,8 +6,6 @@ is saved with the collection so `Collection.open` can rebuild the same encoder w
 """
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import json
 
 import numpy as np
@@ -24,10 +22,9 @@ class Embedder:
         if self.encoder is None:
             if not self.saved_config:
                 raise ValueError("this collection has no encoder: pass vectors=, or open it with encoder=")
-            from bertserve import Encoder  # only collections of texts need the model stack
+            from bertserve.encode import Encoder, EncoderConfig  # only collections of texts need the model stack
 
-            accepted = inspect.signature(Encoder).parameters
-            self.encoder = Encoder(**{k: v for k, v in self.saved_config.items() if k in accepted})
+            self.encoder = Encoder(config=EncoderConfig.from_dict(self.saved_config))
         return self.encoder.encode if hasattr(self.encoder, "encode") else self.encoder
 
     def embed(self, texts: list[str]) -> np.ndarray:
@@ -44,8 +41,8 @@ class Embedder:
         return int(self.embed(["dimension probe"]).shape[1])
 
     def config(self) -> dict | None:
-        """The encoder's settings as JSON, when it has a dataclass config (an Encoder does)."""
+        """The encoder's settings as JSON (an Encoder has them; a bare callable does not)."""
         cfg = getattr(self.encoder, "config", None)
-        if not dataclasses.is_dataclass(cfg):
+        if not hasattr(cfg, "to_dict"):
             return self.saved_config
-        return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+        return json.loads(json.dumps(cfg.to_dict(), default=str))

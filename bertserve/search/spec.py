@@ -107,17 +107,22 @@ def removable(index: faiss.Index) -> bool:
     return isinstance(core(index), (faiss.IndexIVF, faiss.IndexFlatCodes))
 
 
-def train_size(index: faiss.Index, dim: int) -> int:
-    """How many vectors the index wants before training (0 when it needs none)."""
+def train_size(index: faiss.Index, dim: int, minimum: bool = False) -> int:
+    """How many vectors the index wants before training (0 when it needs none).
+
+    By default Faiss's recommended 39 points per centroid; `minimum=True` gives the least it accepts
+    (one point per centroid), for an explicit rebuild of a small collection.
+    """
     if index.is_trained:
         return 0
+    per_centroid = 1 if minimum else POINTS_PER_CENTROID
     need = dim  # PCA / OPQ need at least as many vectors as dimensions
     for part in _parts(index):
         if isinstance(part, faiss.IndexIVF):
-            need = max(need, POINTS_PER_CENTROID * part.nlist)
+            need = max(need, per_centroid * part.nlist)
         pq = getattr(part, "pq", None)
         if isinstance(pq, faiss.ProductQuantizer):
-            need = max(need, POINTS_PER_CENTROID * pq.ksub)
+            need = max(need, per_centroid * pq.ksub)
     return need
 
 
@@ -154,8 +159,10 @@ def auto_params(factory: str) -> dict:
 
 
 def _nlist(n: int) -> int:
-    # 4*sqrt(n) to 16*sqrt(n) lists is Faiss's range; round to a power of two.
-    return max(16, 2 ** round(math.log2(8 * math.sqrt(max(n, 1)))))
+    # 4*sqrt(n) to 16*sqrt(n) lists is Faiss's range, capped so each list trains on 39 points;
+    # a power of two.
+    want = min(8 * math.sqrt(max(n, 1)), max(n, 1) / POINTS_PER_CENTROID)
+    return max(1, 2 ** math.floor(math.log2(max(want, 1))))
 
 
 def _pq_m(dim: int, n: int, memory_budget: int | None) -> int:
