@@ -9,6 +9,7 @@ import sys
 # Modules exposing add_parser(subparsers); one line per concept.
 COMMAND_MODULES = [
     "bertserve.encode.cli",
+    "bertserve.search.cli",
 ]
 
 

@@ -18,7 +18,8 @@ def lee_sentences(n: int) -> list[str]:
     """Real English news sentences from gensim's Lee background corpus (read by path)."""
     root = Path(importlib.util.find_spec("gensim").submodule_search_locations[0])
     text = (root / "test" / "test_data" / "lee_background.cor").read_text(encoding="latin-1")
-    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if len(s.split()) >= 5]
+    sentences = [" ".join(s.split()) for doc in text.splitlines() for s in re.split(r"(?<=[.!?])\s+", doc)]
+    sentences = [s for s in sentences if len(s.split()) >= 5]
     return list(dict.fromkeys(sentences))[:n]
 
 

@@ -280,8 +280,15 @@ class Collection:
         return len(self._ids)
 
     def __contains__(self, item_id) -> bool:
+        return self.has([item_id])[0]
+
+    def has(self, ids) -> list[bool]:
+        """Whether each id is in the collection (a resumed ingest skips those that are)."""
+        ids = _check_ids(ids, None, unique=False)
         with self._lock:
-            return bool(self.store.existing([item_id]))
+            self._check_open()
+            present = set(self.store.existing(ids))
+        return [i in present for i in ids]
 
     def ids(self, offset: int = 0, limit: int = 100) -> list[str]:
         with self._lock:
