@@ -393,6 +393,8 @@ def test_auto_grows_from_exact_to_hnsw(tmp_path, monkeypatch):
         assert col.stats()["built_index"] == "Flat"
         col.add(vectors=xb[900:], ids=[str(i) for i in range(900, 1500)])
         assert col.stats()["built_index"] == "HNSW32"
+        # auto tuned efSearch on its own vectors (Gaussian noise is the hardest case: it needs a lot)
+        assert col.stats()["auto_params"]["efSearch"] in specs.CALIBRATE_STEPS["efSearch"]
         assert [h.id for h in col.search(xb[1200], k=1)] == ["1200"]
 
 

@@ -41,6 +41,10 @@ SAVE_FRACTION = 0.2
 SAVE_MIN = 20_000
 # Training sample cap; Faiss subsamples further per centroid with its own fixed seed.
 TRAIN_MAX = 1_000_000
+# `auto` tunes its search parameter on this many stored vectors to reach this recall@10.
+CALIBRATE_QUERIES = 200
+CALIBRATE_K = 10
+CALIBRATE_RECALL = 0.95
 
 
 class Hit(NamedTuple):
@@ -72,6 +76,7 @@ class Collection:
         try:
             self.store = Store(path / "store.sqlite", self.dim)
             self._ids = self.store.id_map()
+            self._auto_params = self.store.state("auto_params", {}) if self.spec.factory == "auto" else {}
             self._unsaved = 0
             self.vindex = self._load_index()
             self._after_change()
@@ -224,8 +229,7 @@ class Collection:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         single, queries = self._queries(query)
-        merged = dict(self.spec.params)
-        merged.update(specs.check_params(params))
+        merged = {**self._auto_params, **self.spec.params, **specs.check_params(params)}
         where = compile_filter(filter) if filter is not None else None
         with self._lock:
             self._check_open()
@@ -234,8 +238,7 @@ class Collection:
                 scores = np.zeros((len(queries), 0), np.float32)
                 iids = np.zeros((len(queries), 0), np.int64)
             else:
-                params_now = {**specs.auto_params(self.vindex.factory), **merged} if self.spec.factory == "auto" else merged
-                scores, iids = self.vindex.search(queries, int(k), params_now, allowed, self._exact)
+                scores, iids = self.vindex.search(queries, int(k), merged, allowed, self._exact)
             rows = None
             if include_text or include_metadata:
                 rows = self.store.rows(np.unique(iids[iids >= 0]))
@@ -243,16 +246,12 @@ class Collection:
         return out[0] if single else out
 
     def _hits(self, scores, iids, rows, with_text, with_meta) -> list[Hit]:
-        hits = []
-        for score, iid in zip(scores.tolist(), iids.tolist()):
-            if iid < 0:
-                continue
-            if rows is None:
-                hits.append(Hit(self._ids[iid], score, None, None))
-            else:
-                uid, text, meta = rows[iid]
-                hits.append(Hit(uid, score, text if with_text else None, meta if with_meta else None))
-        return hits
+        pairs = [(s, i) for s, i in zip(scores.tolist(), iids.tolist()) if i >= 0]
+        if rows is None:
+            names = self._ids
+            return [Hit(names[i], s, None, None) for s, i in pairs]
+        return [Hit(rows[i][0], s, rows[i][1] if with_text else None, rows[i][2] if with_meta else None)
+                for s, i in pairs]
 
     def _exact(self, queries: np.ndarray, k: int, allowed: np.ndarray | None):
         """Exact top-k over the stored vectors (all, or the allowed internal ids)."""
@@ -299,7 +298,7 @@ class Collection:
             return {"name": self.path.name, "count": len(self), "dim": self.dim, "metric": self.spec.metric,
                     "index": self.spec.factory, "built_index": self.vindex.factory,
                     "trained": bool(self.vindex.index.is_trained), "masked_deletes": int(len(self.vindex.masked)),
-                    "params": self.spec.params, "format_version": FORMAT_VERSION}
+                    "params": self.spec.params, "auto_params": self._auto_params, "format_version": FORMAT_VERSION}
 
     # ---- clustering and reduction ----------------------------------------------------------------------
     def kmeans(self, k: int, niter: int = 20, seed: int = 1234) -> tuple[list[str], KMeansResult]:
@@ -401,7 +400,10 @@ class Collection:
             vi.index.train(sample)
         vi.add(iids, vecs)
         self.vindex = vi
-        self.store.set_state(trained_on=len(iids))
+        if self.spec.factory == "auto":
+            self._auto_params = calibrate(vi, iids, vecs, self.spec.metric)
+            log.info("auto search parameters for %s: %s", factory, self._auto_params)
+        self.store.set_state(trained_on=len(iids), auto_params=self._auto_params)
         self._save_index()
 
     def _save_index(self):
@@ -444,6 +446,37 @@ class Collection:
         vi.add(iids, vecs)
         self._unsaved = len(iids)
         return vi
+
+
+def calibrate(vindex: VectorIndex, iids: np.ndarray, vectors: np.ndarray, metric: str) -> dict:
+    """Pick the cheapest search setting of an `auto` index that reaches CALIBRATE_RECALL recall@10.
+
+    Stored vectors serve as queries (each one's own hit left out of both answers), measured against
+    an exact scan; an honest estimate because the query distribution is the collection's own.
+    """
+    factory = vindex.factory
+    params = specs.auto_params(factory)
+    knob = "efSearch" if factory.startswith("HNSW") else "nprobe" if "IVF" in factory else None
+    if knob is None or len(iids) <= CALIBRATE_K + 1:
+        return params
+    pick = np.random.default_rng(0).choice(len(iids), min(CALIBRATE_QUERIES, len(iids)), replace=False)
+    queries = vectors[pick]
+    flat = faiss.IndexFlat(vectors.shape[1], specs.METRICS[metric])
+    flat.add(vectors)
+    truth = iids[flat.search(queries, CALIBRATE_K + 1)[1]]
+
+    def exact(q, k, allowed):
+        scores, pos = flat.search(q, k)
+        return scores, np.where(pos >= 0, iids[np.maximum(pos, 0)], -1)
+
+    for value in specs.CALIBRATE_STEPS[knob]:
+        params[knob] = value
+        _, found = vindex.search(queries, CALIBRATE_K + 1, params, None, exact)
+        hits = [len((set(f) & set(t)) - {self_id}) / CALIBRATE_K
+                for f, t, self_id in zip(found.tolist(), truth.tolist(), iids[pick].tolist())]
+        if np.mean(hits) >= CALIBRATE_RECALL:
+            break
+    return params
 
 
 def _lock_folder(path: Path) -> int:

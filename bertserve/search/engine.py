@@ -35,6 +35,7 @@ class VectorIndex:
         self.can_remove = specs.removable(self.index)
         self.slots = slots if slots is not None else np.empty(0, dtype=np.int64)
         self.masked = np.empty(0, dtype=np.int64)
+        self._unfiltered_params = {}  # search parameters without a selector, reused across calls
 
     # ---- building ----------------------------------------------------------------------------------
     @classmethod
@@ -100,7 +101,7 @@ class VectorIndex:
         else:
             sel, keep_alive = None, []
         try:
-            sp, nested = specs.search_parameters(self.index, params, sel)
+            sp, nested = self._parameters(params) if sel is None else specs.search_parameters(self.index, params, sel)
             scores, labels = self.index.search(queries, k, params=sp)
             iids = self._iids(labels)
         except TypeError:
@@ -114,7 +115,7 @@ class VectorIndex:
     def _search_overfetch(self, queries, k, params, allowed):
         """For indexes that cannot filter inside Faiss: fetch more, then drop ineligible hits."""
         kk = min(self.ntotal, k * OVERFETCH + len(self.masked)) if allowed is not None else k + len(self.masked)
-        sp, nested = specs.search_parameters(self.index, params, None)
+        sp, nested = self._parameters(params)
         scores, labels = self.index.search(queries, max(kk, k), params=sp)
         iids = self._iids(labels)
         ok = iids >= 0
@@ -130,6 +131,14 @@ class VectorIndex:
             iids = np.pad(iids, ((0, 0), (0, pad)), constant_values=-1)
             scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=np.nan)
         return scores, iids
+
+    def _parameters(self, params: dict):
+        # Building SWIG parameter objects costs as much as a fast single-query search; they are
+        # read-only during a search, so one per distinct setting is shared.
+        key = tuple(sorted(params.items()))
+        if key not in self._unfiltered_params:
+            self._unfiltered_params[key] = specs.search_parameters(self.index, params, None)
+        return self._unfiltered_params[key]
 
     def _labels(self, iids: np.ndarray) -> np.ndarray:
         if self.by_id:

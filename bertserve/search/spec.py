@@ -21,6 +21,9 @@ AUTO_EXACT_BELOW = 50_000
 AUTO_HNSW_M = 32
 AUTO_EF_SEARCH = 128
 AUTO_NPROBE = 32
+# settings `auto` tries, cheapest first, when it tunes an index for recall
+CALIBRATE_STEPS = {"efSearch": (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512),
+                   "nprobe": (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)}
 
 
 @dataclass
