@@ -170,6 +170,9 @@ def run_dataset(name: str, base: np.ndarray, queries: np.ndarray, rounds: int, n
             def col_batch():
                 col.search(queries, k=K, params=params, include_text=False, include_metadata=False)
 
+            def col_arrays():
+                col.search_arrays(queries, k=K, params=params)
+
             def raw_single():
                 for q in single_q:
                     raw.search(q[None, :], K)
@@ -181,7 +184,7 @@ def run_dataset(name: str, base: np.ndarray, queries: np.ndarray, rounds: int, n
             got_raw = raw.search(queries, K)[1]
             hits = col.search(queries, k=K, params=params, include_text=False, include_metadata=False)
             got_col = np.array([[int(h.id) for h in row] + [-1] * (K - len(row)) for row in hits])
-            times = interleaved({"raw_batch": raw_batch, "col_batch": col_batch,
+            times = interleaved({"raw_batch": raw_batch, "col_batch": col_batch, "col_arrays": col_arrays,
                                  "raw_single": raw_single, "col_single": col_single}, rounds)
             rows.append(summarize(name, factory, params, build, times, len(queries), n_single,
                                   recall(got_raw, truth), recall(got_col, truth)))
@@ -222,7 +225,8 @@ def summarize(dataset, factory, params, build, times, nq, n_single, recall_raw, 
     row = {"dataset": dataset, "index": factory, "params": params, "build_s": round(build, 1),
            "recall_raw": round(recall_raw, 4), "recall_col": None if recall_col is None else round(recall_col, 4),
            "others_cpu_s": round(sum(o for v in times.values() for _, o in v), 1)}
-    for key, count in (("raw_batch", nq), ("col_batch", nq), ("raw_single", n_single), ("col_single", n_single)):
+    for key, count in (("raw_batch", nq), ("col_batch", nq), ("col_arrays", nq), ("raw_single", n_single),
+                       ("col_single", n_single)):
         if key in times:
             med, best = qps(key, count)
             row[f"{key}_qps"] = round(med, 1)
@@ -293,18 +297,19 @@ def plot(rows: list[dict], path: Path):
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| data | index | params | recall@10 (Collection / raw) | batch QPS Collection / raw (ratio) "
-            "| single QPS Collection / raw (ratio) | other CPU s |")
-    lines = [head, "|" + "---|" * 7]
+    head = ("| data | index | params | recall@10 (Collection / raw) | batch QPS: Collection hits / raw (ratio) "
+            "| batch QPS: search_arrays (ratio) | single QPS: Collection / raw (ratio) | other CPU s |")
+    lines = [head, "|" + "---|" * 8]
     for r in rows:
         rec = f"{r['recall_col']} / {r['recall_raw']}" if r["recall_col"] is not None else f"– / {r['recall_raw']}"
         if "col_batch_qps" in r:
             b = f"{r['col_batch_qps']:.0f} / {r['raw_batch_qps']:.0f} ({r['col_batch_qps'] / r['raw_batch_qps']:.2f})"
+            a = f"{r['col_arrays_qps']:.0f} ({r['col_arrays_qps'] / r['raw_batch_qps']:.2f})"
             s = f"{r['col_single_qps']:.0f} / {r['raw_single_qps']:.0f} ({r['col_single_qps'] / r['raw_single_qps']:.2f})"
         else:
-            b, s = f"– / {r['raw_batch_qps']:.0f}", f"– / {r['raw_single_qps']:.0f}"
+            b, a, s = f"– / {r['raw_batch_qps']:.0f}", "–", f"– / {r['raw_single_qps']:.0f}"
         params = ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "–"
-        lines.append(f"| {r['dataset']} | {r['index']} | {params} | {rec} | {b} | {s} | {r['others_cpu_s']} |")
+        lines.append(f"| {r['dataset']} | {r['index']} | {params} | {rec} | {b} | {a} | {s} | {r['others_cpu_s']} |")
     return "\n".join(lines)
 
 

@@ -62,6 +62,8 @@ def test_seed_demos_match_raw_faiss(tmp_path, seed):
     col.add(vectors=xb, ids=ids)
     scores, found = as_arrays(col.search(xq, k=4))
     assert np.array_equal(found, I) and np.array_equal(scores, D)
+    scores, names = col.search_arrays(xq, k=4)
+    assert np.array_equal(names.astype(int), I) and np.array_equal(scores, D)
     # and it survives a reopen unchanged
     col.close()
     with Collection.open(tmp_path / "ivfpq") as col:
@@ -191,7 +193,7 @@ FILTERS = [
 ]
 
 
-@pytest.mark.parametrize("factory", ["Flat", "IVF32,Flat", "HNSW16", "PQ8"])
+@pytest.mark.parametrize("factory", ["Flat", "IVF32,Flat", "HNSW16", "PQ8x4"])
 def test_filters_agree_with_brute_force(tmp_path, factory):
     rng = np.random.default_rng(7)
     n, d, k = 3000, 32, 10
@@ -202,6 +204,7 @@ def test_filters_agree_with_brute_force(tmp_path, factory):
     queries = xb[rng.integers(n, size=5)] + 0.05
     with Collection.create(tmp_path / "c", dim=d, index=factory, metric="l2", params={"nprobe": 1}) as col:
         col.add(vectors=xb, ids=[f"i{i}" for i in range(n)], metadata=metas)
+        assert col.stats()["built_index"] == factory
         for q in FILTERS:
             match = np.array([reference_match(m, q) for m in metas])
             # the full matching set, through a search asking for everything
@@ -258,6 +261,8 @@ def test_delete_and_update(tmp_path, factory):
     assert "v1" not in [h.id for h in col.search(xb[1], k=5)]
     with pytest.raises(KeyError):
         col.update(["nope"], metadata=[{}])
+    scores, names = col.search_arrays(xb[:500:2], k=5)
+    assert names.shape == (250, 5) and not set(names.ravel()) & set(gone)
     masked = col.stats()["masked_deletes"]
     assert (masked > 0) == (factory in ("HNSW16", "IVF16,PQ4x4,RFlat"))
     col.compact()

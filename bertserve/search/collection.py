@@ -75,7 +75,7 @@ class Collection:
         self._lockfile = _lock_folder(path)
         try:
             self.store = Store(path / "store.sqlite", self.dim)
-            self._ids = self.store.id_map()
+            self._names = _Names(self.store.id_map())
             self._auto_params = self.store.state("auto_params", {}) if self.spec.factory == "auto" else {}
             self._unsaved = 0
             self.vindex = self._load_index()
@@ -124,6 +124,9 @@ class Collection:
         version = config.get("format_version")
         if version != FORMAT_VERSION:
             raise ValueError(f"collection {path} has format version {version}; this bertserve reads {FORMAT_VERSION}")
+        if not (path / "store.sqlite").exists():
+            # never silently start an empty store under an existing collection
+            raise FileNotFoundError(f"collection {path} has lost its store.sqlite (its items); restore it from a backup")
         return cls(path, config, encoder)
 
     def close(self):
@@ -153,7 +156,7 @@ class Collection:
         with self._lock:
             self._check_open()
             iids = self.store.add(ids, texts if texts is not None else [None] * n, metas, vectors)
-            self._ids.update(zip(iids.tolist(), ids))
+            self._names.add(iids, ids)
             self.vindex.add(iids, vectors)
             self._unsaved += n
             self._after_change()
@@ -165,8 +168,7 @@ class Collection:
         with self._lock:
             self._check_open()
             iids = self.store.delete(ids)
-            for i in iids.tolist():
-                del self._ids[i]
+            self._names.remove(iids)
             self.vindex.remove(iids)
             self._unsaved += len(iids)
             self._after_change()
@@ -198,9 +200,8 @@ class Collection:
             with self.store.transaction():  # delete + insert commit together
                 old_iids = self.store.delete(ids)
                 new_iids = self.store.add(ids, new_texts, metas, vectors)
-            for i in old_iids.tolist():
-                del self._ids[i]
-            self._ids.update(zip(new_iids.tolist(), ids))
+            self._names.remove(old_iids)
+            self._names.add(new_iids, ids)
             self.vindex.remove(old_iids)
             self.vindex.add(new_iids, vectors)
             self._unsaved += 2 * n
@@ -226,6 +227,23 @@ class Collection:
         One query gives a list of Hit(id, score, text, metadata); a batch gives a list of such lists.
         Scores are cosine similarity (metric cosine), inner product (ip) or squared L2 distance (l2).
         """
+        single, scores, iids = self._search(query, k, filter, params)
+        with self._lock:
+            rows = None
+            if include_text or include_metadata:
+                rows = self.store.rows(np.unique(iids[iids >= 0]))
+            out = [self._hits(s, i, rows, include_text, include_metadata) for s, i in zip(scores, iids)]
+        return out[0] if single else out
+
+    def search_arrays(self, query, k: int = 10, filter: dict | None = None, params: dict | None = None):
+        """Like `search` but as arrays for bulk work: (scores (nq, k) float32, ids (nq, k) object array
+        with None where fewer than k items qualified); no per-hit Python objects."""
+        single, scores, iids = self._search(query, k, filter, params)
+        with self._lock:
+            ids = self._names.lookup(iids)
+        return (scores[0], ids[0]) if single else (scores, ids)
+
+    def _search(self, query, k, filter, params) -> tuple[bool, np.ndarray, np.ndarray]:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         single, queries = self._queries(query)
@@ -235,20 +253,16 @@ class Collection:
             self._check_open()
             allowed = self.store.matching(*where) if where is not None else None
             if self.vindex.live == 0 or (allowed is not None and len(allowed) == 0):
-                scores = np.zeros((len(queries), 0), np.float32)
-                iids = np.zeros((len(queries), 0), np.int64)
+                scores = np.full((len(queries), k), np.nan, np.float32)
+                iids = np.full((len(queries), k), -1, np.int64)
             else:
                 scores, iids = self.vindex.search(queries, int(k), merged, allowed, self._exact)
-            rows = None
-            if include_text or include_metadata:
-                rows = self.store.rows(np.unique(iids[iids >= 0]))
-            out = [self._hits(s, i, rows, include_text, include_metadata) for s, i in zip(scores, iids)]
-        return out[0] if single else out
+        return single, scores, iids
 
     def _hits(self, scores, iids, rows, with_text, with_meta) -> list[Hit]:
         pairs = [(s, i) for s, i in zip(scores.tolist(), iids.tolist()) if i >= 0]
         if rows is None:
-            names = self._ids
+            names = self._names.names
             return [Hit(names[i], s, None, None) for s, i in pairs]
         return [Hit(rows[i][0], s, rows[i][1] if with_text else None, rows[i][2] if with_meta else None)
                 for s, i in pairs]
@@ -276,7 +290,7 @@ class Collection:
         return [by_id.get(i) for i in ids]
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return self._names.count
 
     def __contains__(self, item_id) -> bool:
         return self.has([item_id])[0]
@@ -306,7 +320,7 @@ class Collection:
         with self._lock:
             self._check_open()
             iids, vecs = self.store.vectors()
-            ids = [self._ids[i] for i in iids.tolist()]
+            ids = self._names.lookup(iids).tolist()
         return ids, kmeans(vecs, k, niter=niter, seed=seed, spherical=self.spec.metric == "cosine")
 
     def pca(self, d_out: int) -> faiss.PCAMatrix:
@@ -446,6 +460,34 @@ class Collection:
         vi.add(iids, vecs)
         self._unsaved = len(iids)
         return vi
+
+
+class _Names:
+    """User id of each live internal id, as an object array indexed by internal id (vectorized lookup)."""
+
+    def __init__(self, mapping: dict[int, str]):
+        self.names = np.full(max(mapping, default=-1) + 1, None, dtype=object)
+        for iid, name in mapping.items():
+            self.names[iid] = name
+        self.count = len(mapping)
+
+    def add(self, iids: np.ndarray, ids: list[str]):
+        if len(iids) and iids[-1] >= len(self.names):
+            grown = np.full(max(int(iids[-1]) + 1, 2 * len(self.names)), None, dtype=object)
+            grown[:len(self.names)] = self.names
+            self.names = grown
+        self.names[iids] = ids
+        self.count += len(iids)
+
+    def remove(self, iids: np.ndarray):
+        self.names[iids] = None
+        self.count -= len(iids)
+
+    def lookup(self, iids: np.ndarray) -> np.ndarray:
+        """User ids for internal ids; None for -1 (no hit)."""
+        out = self.names[np.maximum(iids, 0)] if len(self.names) else np.full(iids.shape, None, dtype=object)
+        out[iids < 0] = None
+        return out
 
 
 def calibrate(vindex: VectorIndex, iids: np.ndarray, vectors: np.ndarray, metric: str) -> dict:
