@@ -125,3 +125,20 @@ def test_search_collections_mounted_and_embedded_through_the_batcher(tmp_path, d
     finally:
         assert srv.stop() == 0
     assert (tmp_path / "collections" / "docs").is_dir()
+
+
+@pytest.mark.timeout(120)
+def test_port_in_use_is_a_clear_error():
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = subprocess.run([sys.executable, "-m", "bertserve.cli", "serve", "--port", str(port),
+                              "--port-out", "0", "--http-port", "0"], capture_output=True, text=True, timeout=110)
+    assert run.returncode == 1
+    assert "bertserve serve: error: Address already in use" in run.stderr
+    assert "Traceback" not in run.stderr
