@@ -7,7 +7,7 @@ each path minus in-process p50. Server RSS. Optionally (--workers) threads vs pr
 Rounds interleave the contenders (rotating the order) and each measurement records the CPU time that other
 processes used meanwhile (/proc/stat minus this process and the server), so disturbed rounds show.
 
-    PYTHONPATH=. python benchmarks/serve.py --texts 800 --rounds 3 --out serve_results.json
+    PYTHONPATH=. python benchmarks/serve.py --texts 640 --rounds 3 [--workers]
 """
 from __future__ import annotations
 
@@ -266,7 +266,7 @@ def main():
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--num-worker", type=int, default=1, help="server worker threads")
     ap.add_argument("--workers", action="store_true", help="also compare threads and processes as workers")
-    ap.add_argument("--out", help="write all figures as JSON here")
+    ap.add_argument("--out", default="benchmarks/results/serve.json", help="where to write the figures (JSON)")
     args = ap.parse_args()
 
     from bertserve import Encoder
