@@ -53,6 +53,7 @@ def test_sigterm_finishes_requests_in_flight_and_queue_refuses_past_its_bound(de
         # past the bound: refused at once over both protocols, nothing queued
         refused = status.post("/encode", json={"texts": corpus})
         assert refused.status_code == 429 and refused.json()["error"]["type"] == "rate_limit_error"
+        assert refused.headers["retry-after"] == "1"
         with BertClient(port=srv.port, port_out=srv.port_out, timeout=30000) as bc:
             with pytest.raises(TypeError, match="queue is full"):
                 bc.encode(corpus)
