@@ -11,6 +11,7 @@ COMMAND_MODULES = [
     "bertserve.encode.cli",
     "bertserve.models.google_bert",
     "bertserve.search.cli",
+    "bertserve.serve.cli",
 ]
 
 
