@@ -171,5 +171,6 @@ def test_bad_input(tmp_path, data):
         col.search("text without an encoder", k=1)
     with pytest.raises(ValueError, match="metric"):
         MilvusCollection.create(uri, "other", dim=4, metric="hamming")
-    assert len(col) == 2
+    generated = col.add(vectors=vectors[3:5])                          # ids made up when not given
+    assert len(generated) == 2 and all(col.has(generated)) and len(col) == 4
     col.close()

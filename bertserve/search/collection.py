@@ -148,11 +148,8 @@ class Collection(VectorInput):
     # ---- writing -----------------------------------------------------------------------------------
     def add(self, texts=None, ids=None, metadata=None, vectors=None) -> list[str]:
         """Add items; durable once this returns. Returns their ids (generated when not given)."""
-        n = _count(texts, vectors)
-        texts = _check_texts(texts, n)
-        ids = _check_ids(ids, n) if ids is not None else [uuid.uuid4().hex for _ in range(n)]
-        metas = _check_metadata(metadata, n)
-        vectors = self._vectors_for(texts, vectors)
+        ids, texts, metas, vectors = prepare_add(self, texts, ids, metadata, vectors)
+        n = len(ids)
         with self._lock:
             self._check_open()
             iids = self.store.add(ids, texts if texts is not None else [None] * n, metas, vectors)
@@ -495,6 +492,15 @@ def _lock_folder(path: Path) -> int:
         os.close(fd)
         raise RuntimeError(f"collection {path} is already open (in this or another process)") from None
     return fd
+
+
+def prepare_add(col, texts, ids, metadata, vectors) -> tuple[list[str], list | None, list[str], np.ndarray]:
+    """Checked (ids, texts, metadata as JSON, vectors) of an `add`, for every collection engine."""
+    n = _count(texts, vectors)
+    texts = _check_texts(texts, n)
+    ids = _check_ids(ids, n) if ids is not None else [uuid.uuid4().hex for _ in range(n)]
+    metas = _check_metadata(metadata, n)
+    return ids, texts, metas, col._vectors_for(texts, vectors)
 
 
 def check_k(k):

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import json
 import math
-import uuid
 
 import numpy as np
 
-from bertserve.search.collection import Hit, Item, _check_ids, _check_metadata, _check_texts, _count, check_k
+from bertserve.search.collection import Hit, Item, _check_ids, _check_metadata, _check_texts, check_k, prepare_add
 from bertserve.search.embed import Embedder, VectorInput
 from bertserve.search.filters import COMPARE, FilterError, walk
 
@@ -129,10 +128,8 @@ class MilvusCollection(VectorInput):
     # ---- writing -----------------------------------------------------------------------------------
     def add(self, texts=None, ids=None, metadata=None, vectors=None) -> list[str]:
         """Add items; visible to searches once this returns. Ids already present are refused."""
-        n = _count(texts, vectors)
-        texts = _check_texts(texts, n)
-        ids = _check_ids(ids, n) if ids is not None else [uuid.uuid4().hex for _ in range(n)]
-        rows = self._rows(ids, texts, _check_metadata(metadata, n), self._vectors_for(texts, vectors))
+        ids, texts, metas, vectors = prepare_add(self, texts, ids, metadata, vectors)
+        rows = self._rows(ids, texts, metas, vectors)
         present = self._existing(ids)  # Milvus itself would keep both rows under one primary key
         if present:
             raise ValueError(f"ids already in the collection: {sorted(present)[:10]}")
