@@ -174,3 +174,23 @@ def test_bad_input(tmp_path, data):
     generated = col.add(vectors=vectors[3:5])                          # ids made up when not given
     assert len(generated) == 2 and all(col.has(generated)) and len(col) == 4
     col.close()
+
+
+def test_cli_index_and_search_on_milvus(tmp_path, capsys, data):
+    import json
+
+    from bertserve.cli import main
+
+    texts = data[1][:30]
+    lines = tmp_path / "news.jsonl"
+    lines.write_text("".join(json.dumps({"id": f"n{i}", "text": t, "year": 2000 + i % 3}) + "\n"
+                             for i, t in enumerate(texts)))
+    uri = str(tmp_path / "cli.db")
+    for added in (30, 0):                                              # the second run resumes: nothing new
+        assert main(["index", str(lines), "-c", "news", "--milvus", uri, "-q"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["added"] == added and out["count"] == 30 and out["engine"] == "milvus"
+    assert main(["search", "news", texts[4], "-k", "3", "--milvus", uri, "--filter", '{"year": 2001}']) == 0
+    hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert hits[0]["id"] == "n4" and len(hits) == 3 and all(h["metadata"]["year"] == 2001 for h in hits)
+    assert main(["search", "missing", "x", "--milvus", uri]) == 2

@@ -92,6 +92,15 @@ class MilvusCollection(VectorInput):
             raise
         return cls(client, uri, name, dim, config, encoder)
 
+    @staticmethod
+    def exists(uri: str, name: str) -> bool:
+        _check_name(name)
+        client = _client(uri)
+        try:
+            return client.has_collection(name)
+        finally:
+            client.close()
+
     @classmethod
     def open(cls, uri: str, name: str, encoder=None) -> "MilvusCollection":
         _check_name(name)
