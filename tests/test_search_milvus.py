@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bertserve.search import Collection, FilterError
-from tests.serve_corpus import lee_sentences
+from serve_corpus import lee_sentences
 
 MISSING = [m for m in ("pymilvus", "milvus_lite") if importlib.util.find_spec(m) is None]
 pytestmark = [pytest.mark.skipif(bool(MISSING), reason=f"not installed: {MISSING} (pip install 'bertserve[milvus]')"),
