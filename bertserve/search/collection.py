@@ -41,10 +41,12 @@ SAVE_FRACTION = 0.2
 SAVE_MIN = 20_000
 # Training sample cap; Faiss subsamples further per centroid with its own fixed seed.
 TRAIN_MAX = 1_000_000
-# `auto` tunes its search parameter on this many stored vectors to reach this recall@10.
+# `auto` tunes its search parameter on this many stored vectors to reach this recall@10. The target is
+# above the 0.95 promised because stored vectors flatter the index: on GloVe 400k a 0.95 target chose
+# efSearch 64, which gave 0.940 on held-out queries (efSearch 128: 0.976).
 CALIBRATE_QUERIES = 200
 CALIBRATE_K = 10
-CALIBRATE_RECALL = 0.95
+CALIBRATE_RECALL = 0.97
 
 
 class Hit(NamedTuple):
