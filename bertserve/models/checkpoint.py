@@ -48,6 +48,7 @@ class Checkpoint:
     has_pooler: bool = False
     format: str = "huggingface"  # "huggingface" | "sentence-transformers" | "tf-checkpoint"
     modules: list[str] = field(default_factory=list)
+    dense: list = field(default_factory=list)  # sentence-transformers Dense modules after pooling (torch modules)
 
     @property
     def num_layers(self) -> int:
@@ -103,19 +104,17 @@ def load_checkpoint(model: str | Path | None = None) -> Checkpoint:
 
 
 def _is_tf_checkpoint(path: Path) -> bool:
-    try:
-        from bertserve.models import tf_checkpoint
-    except ImportError:
-        return (path / "bert_config.json").is_file() and not (path / "config.json").is_file()
-    return tf_checkpoint.is_tf_checkpoint(path)
+    from bertserve.models.google_bert import is_tf_checkpoint
+    return is_tf_checkpoint(path)
 
 
 def _load_tf_checkpoint(path: Path) -> Checkpoint:
+    """Google's TF layout is converted once into a cached HF folder, then loaded like any other."""
+    from bertserve.models import google_bert
     try:
-        from bertserve.models import tf_checkpoint
-    except ImportError as e:
-        raise CheckpointError(f"{path} is a Google TF checkpoint (bert_config.json); this build cannot read it") from e
-    hf_folder = tf_checkpoint.converted_folder(path)
+        hf_folder = google_bert.ensure_converted(path)
+    except (FileNotFoundError, CheckpointError) as e:
+        raise CheckpointError(f"cannot load Google TF checkpoint {path}: {e}") from e
     ckpt = _load_huggingface(hf_folder, fmt="tf-checkpoint")
     ckpt.path = path
     return ckpt
@@ -188,6 +187,7 @@ def _load_sentence_transformers(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path / 'modules.json'} must be a non-empty list of modules")
     transformer_dir = pooling = None
     normalize = False
+    dense = []
     kinds = []
     for module in modules:
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
@@ -199,6 +199,8 @@ def _load_sentence_transformers(path: Path) -> Checkpoint:
             pooling = _st_pooling(_read_json(sub / "config.json"), sub / "config.json")
         elif kind == "Normalize":
             normalize = True  # Normalize has no files; its folder is often not shipped at all
+        elif kind == "Dense":
+            dense.append(_st_dense(sub))
         else:
             raise CheckpointError(f"{path / 'modules.json'}: module {kind!r} is not supported "
                                   "(bertserve runs Transformer -> Pooling -> Normalize pipelines)")
@@ -209,12 +211,41 @@ def _load_sentence_transformers(path: Path) -> Checkpoint:
     ckpt.modules = kinds
     ckpt.default_pooling = pooling or "REDUCE_MEAN"
     ckpt.default_normalize = normalize
+    ckpt.dense = dense
     for name in ("sentence_bert_config.json", "sentence_xlnet_config.json"):
         if (transformer_dir / name).is_file():
             max_len = _read_json(transformer_dir / name).get("max_seq_length")
             if max_len:
                 ckpt.default_max_seq_len = min(int(max_len), ckpt.model_max_len)
     return ckpt
+
+
+# Activations a Dense module may name; anything else could run arbitrary code and is refused.
+_DENSE_ACTIVATIONS = {"torch.nn.modules.linear.Identity": "Identity", "torch.nn.modules.activation.Tanh": "Tanh"}
+
+
+def _st_dense(folder: Path):
+    """A sentence-transformers Dense module (linear layer + activation) as a torch module, in eval mode."""
+    import torch
+
+    cfg = _read_json(folder / "config.json")
+    act = cfg.get("activation_function", "torch.nn.modules.activation.Tanh")
+    if act not in _DENSE_ACTIVATIONS:
+        raise CheckpointError(f"{folder / 'config.json'}: activation {act!r} is not supported "
+                              f"({', '.join(_DENSE_ACTIVATIONS)})")
+    linear = torch.nn.Linear(int(cfg["in_features"]), int(cfg["out_features"]), bias=bool(cfg.get("bias", True)))
+    if (folder / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+        state = load_file(str(folder / "model.safetensors"))
+    elif (folder / "pytorch_model.bin").is_file():
+        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise CheckpointError(f"{folder}: Dense module without model.safetensors or pytorch_model.bin")
+    try:
+        linear.load_state_dict({k.removeprefix("linear."): v for k, v in state.items()})
+    except RuntimeError as e:
+        raise CheckpointError(f"{folder}: Dense weights do not match its config.json: {e}") from e
+    return torch.nn.Sequential(linear, getattr(torch.nn, _DENSE_ACTIVATIONS[act])()).eval()
 
 
 def _st_pooling(cfg: dict, file: Path) -> str:
