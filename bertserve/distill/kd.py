@@ -9,10 +9,13 @@ each batch for them; its logits still come from the cache.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .augment import AugmentConfig, augment_examples
@@ -38,6 +41,7 @@ class DistillConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     speed_rounds: int = 3        # 0 = skip the speed measurement in the report
+    logit_cache: str | None = None  # folder keeping teacher logits across runs (same teacher, texts and length)
 
 
 def student_kind(spec: str) -> str:
@@ -63,6 +67,24 @@ def make_student(spec: str, teacher, tokenizer, transfer_tok, n_labels: int):
     return build_small_student(config, teacher, tokenizer, [f["input_ids"] for f in transfer_tok.features], n_labels), kind
 
 
+def teacher_logits_for(teacher, cfg: DistillConfig, data, pad_id: int, n_labels: int) -> np.ndarray:
+    """The teacher's logits for the transfer set: computed once per run, or read from cfg.logit_cache."""
+    if cfg.loss.alpha == 0.0 and not cfg.loss.uses_intermediate:
+        return np.zeros((len(data), n_labels), dtype=np.float32)  # hard labels only: the teacher is not asked
+    path = None
+    if cfg.logit_cache:
+        key = hashlib.sha1(json.dumps([str(Path(cfg.teacher).resolve()), [f["input_ids"] for f in data.features]])
+                           .encode()).hexdigest()[:20]
+        path = Path(cfg.logit_cache) / f"teacher-logits-{key}.npy"
+        if path.is_file():
+            return np.load(path)
+    logits = predict_logits(teacher, data, pad_id)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, logits)
+    return logits
+
+
 def _teacher_layer_map(student) -> tuple[int, ...] | None:
     """Match each teacher-initialised layer against the teacher layer it was copied from (1-based)."""
     init = getattr(student.config, "distill_init", None) or {}
@@ -86,7 +108,7 @@ def distill(config: DistillConfig) -> dict:
     transfer = build_transfer_set(train, unlabeled, tokenizer, cfg.augment)
     transfer_tok = tokenize(tokenizer, transfer.texts, transfer.texts_b, tc.max_seq_len, transfer.label_ids())
     dev_tok = tokenize(tokenizer, dev.texts, dev.texts_b, tc.max_seq_len, dev.label_ids())
-    teacher_logits = torch.from_numpy(predict_logits(teacher, transfer_tok, pad_id))  # the cache
+    teacher_logits = torch.from_numpy(teacher_logits_for(teacher, cfg, transfer_tok, pad_id, len(labels)))
 
     student, kind = make_student(cfg.student, teacher, tokenizer, transfer_tok, len(labels))
     loss_cfg = cfg.loss
@@ -119,6 +141,7 @@ def distill(config: DistillConfig) -> dict:
         return (prediction_loss(out.logits, t_logits, labels_b, loss_cfg, temperature)
                 + inter(out, t_hidden, t_attn, batch["attention_mask"]))
 
+    started = time.perf_counter()
     history = fit(student, [inter] if inter is not None else [], step_loss, len(transfer_tok), dev_tok, pad_id,
                   labels, tc, desc=f"distill {cfg.student}")
     out = Path(cfg.out)
@@ -128,7 +151,8 @@ def distill(config: DistillConfig) -> dict:
     else:
         save_small_student(student, tokenizer, labels, out, tc.max_seq_len)
     (out / "training_history.json").write_text(json.dumps(history, indent=2))
-    settings = {"student": cfg.student, "transfer_size": len(transfer), "train_size": len(train),
+    settings = {"student": cfg.student, "train_seconds": round(time.perf_counter() - started, 1),
+                "transfer_size": len(transfer), "train_size": len(train),
                 "augmented": len(transfer) - len(train) - (len(unlabeled) if unlabeled else 0),
                 "loss": asdict(loss_cfg), "training": asdict(tc), "augment": asdict(cfg.augment)}
     report = evaluate_pair(cfg.teacher, str(out), test or dev, tc.max_seq_len, cfg.speed_rounds, settings,

@@ -28,6 +28,7 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     progress: bool = True
+    freeze_embeddings: bool = False  # keep the word-embedding table fixed (a 250k-token table dominates the step time)
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.max_seq_len < 2:
@@ -137,6 +138,8 @@ def fit(model: nn.Module, extra_modules: list[nn.Module], step_loss, n_examples:
     state is restored at the end; returns one history row per epoch."""
     from tqdm.auto import tqdm
 
+    if config.freeze_embeddings and hasattr(model, "get_input_embeddings"):
+        model.get_input_embeddings().weight.requires_grad_(False)
     steps_per_epoch = math.ceil(n_examples / config.batch_size)
     total = steps_per_epoch * config.epochs
     optimizer, scheduler = make_optimizer([model, *extra_modules], config, total)
@@ -158,7 +161,7 @@ def fit(model: nn.Module, extra_modules: list[nn.Module], step_loss, n_examples:
             optimizer.step()
             scheduler.step()
             step += 1
-            losses.append(float(loss))
+            losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         bar.close()
         metrics = evaluate(model, dev, pad_id, label_names)
