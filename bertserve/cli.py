@@ -1,0 +1,37 @@
+"""The `bertserve` command: each subcommand lives with the concept it drives and registers itself here."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Modules exposing add_parser(subparsers); one line per concept.
+COMMAND_MODULES = [
+    "bertserve.encode.cli",
+    "bertserve.serve.cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bertserve", description="BERT-family text vectors: encode, serve, search, distill")
+    parser.add_argument("--log-level", default="INFO")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from bertserve.models import CheckpointError
+    try:
+        return int(args.func(args) or 0)
+    except (CheckpointError, ValueError, TypeError, FileNotFoundError) as e:
+        print(f"bertserve {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Encoder: text -> Tokenizer -> length-sorted batches -> Backend -> Pooling -> (normalize) -> vectors."""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from bertserve.encode.backends import make_backend
+from bertserve.encode.config import DTYPES, EncoderConfig
+from bertserve.encode.pooling import canonical_pooling, pool, width_factor
+from bertserve.models import Checkpoint, load_checkpoint
+from bertserve.models.tokenizer import TextTokenizer, Tokenized
+
+
+def _check_layers(layers, num_layers: int) -> tuple[int, ...]:
+    if isinstance(layers, (int, np.integer)) and not isinstance(layers, bool):
+        layers = (int(layers),)
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence) or len(layers) == 0:
+        raise ValueError(f"layers must be an int or a non-empty list of ints, got {layers!r}")
+    out = []
+    for layer in layers:
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
+            raise ValueError(f"layers must be ints, got {layer!r}")
+        if not -num_layers <= layer <= num_layers:
+            raise ValueError(f"layer {layer} is out of range: the model has {num_layers} layers "
+                             f"(valid: -{num_layers}..{num_layers}, 0 is the embedding output)")
+        out.append(int(layer))
+    return tuple(out)
+
+
+class Encoder:
+    """Encode texts into vectors with a BERT-family checkpoint; see EncoderConfig for the options."""
+
+    def __init__(self, model=None, *, config: EncoderConfig | None = None, checkpoint: Checkpoint | None = None,
+                 **options):
+        if config is not None and options:
+            raise TypeError("pass either config= or keyword options, not both")
+        if config is None:
+            config = EncoderConfig(model=None if model is None else str(model), **options)
+        elif model is not None:
+            config = dataclasses.replace(config, model=str(model))
+        if config.num_threads:
+            torch.set_num_threads(int(config.num_threads))
+        self.checkpoint = checkpoint if checkpoint is not None else load_checkpoint(config.model)
+        self.config = self._resolve(config)
+        ckpt, cfg = self.checkpoint, self.config
+        self.tokenizer = TextTokenizer(ckpt.tokenizer, cfg.max_seq_len, cfg.long_text, cfg.chunk_overlap)
+        n = ckpt.num_layers
+        self._hidden_indices = tuple(layer if layer >= 0 else n + 1 + layer for layer in cfg.layers)
+        self.backend = make_backend(cfg.backend, ckpt.model, n, tuple(sorted(set(self._hidden_indices))),
+                                    need_pooler=cfg.pooling == "CLS_POOLED")
+        # Segment ids only where the model has segments: RoBERTa-style models (one type) and DistilBERT (no
+        # token_type_ids argument) would fail or silently misread them.
+        self._use_type_ids = ("token_type_ids" in getattr(ckpt.tokenizer, "model_input_names", ())
+                              and getattr(ckpt.config, "type_vocab_size", 0) > 1
+                              and "token_type_ids" in inspect.signature(ckpt.model.forward).parameters)
+        t = self.tokenizer.template
+        self._special_ids = torch.tensor(sorted(set(t.single[0] + t.single[1] + t.pair[0] + t.pair[1] + t.pair[2])))
+        self.dim = ckpt.hidden_size * len(cfg.layers) * width_factor(cfg.pooling)
+
+    # -- configuration --------------------------------------------------------------------------------
+    def _resolve(self, cfg: EncoderConfig) -> EncoderConfig:
+        """Fill the checkpoint's defaults in and check every option, so errors come at construction."""
+        ckpt = self.checkpoint
+        pooling = canonical_pooling(cfg.pooling if cfg.pooling is not None else ckpt.default_pooling)
+        layers = _check_layers((-1,) if cfg.layers is None else cfg.layers, ckpt.num_layers)
+        if pooling == "CLS_POOLED":
+            if not ckpt.has_pooler:
+                raise ValueError(f"CLS_POOLED needs a pooler layer and {ckpt.path} has none; "
+                                 "use CLS_TOKEN or REDUCE_MEAN")
+            if layers != (-1,) and layers != (ckpt.num_layers,):
+                raise ValueError("CLS_POOLED uses the pooler on the last layer; it cannot be combined with other layers")
+        max_len = cfg.max_seq_len
+        if max_len == "auto":
+            max_len = ckpt.default_max_seq_len or ckpt.model_max_len
+        elif max_len is None:
+            max_len = ckpt.model_max_len
+        elif isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)):
+            raise ValueError(f"max_seq_len must be an int, None or 'auto', got {max_len!r}")
+        elif not 3 <= max_len <= ckpt.model_max_len:
+            raise ValueError(f"max_seq_len must be between 3 and the model's maximum {ckpt.model_max_len}, got {max_len}")
+        if cfg.long_text == "chunk" and pooling == "NONE":
+            raise ValueError("NONE pooling returns token vectors and cannot be combined with long_text='chunk'")
+        if cfg.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {cfg.dtype!r}")
+        if isinstance(cfg.batch_size, bool) or not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {cfg.batch_size!r}")
+        normalize = ckpt.default_normalize if cfg.normalize is None else bool(cfg.normalize)
+        if normalize and pooling == "NONE":
+            normalize = False  # token vectors are returned as the model made them
+        self._fixed_length = cfg.max_seq_len not in (None,)  # NONE output length: max_seq_len, or the longest text
+        return dataclasses.replace(cfg, model=str(ckpt.path), pooling=pooling, layers=layers, max_seq_len=int(max_len),
+                                   normalize=normalize)
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.config.max_seq_len
+
+    def info(self) -> dict:
+        return {**self.checkpoint.info(), "encoder": self.config.to_dict(), "dim": self.dim}
+
+    # -- the pipeline ---------------------------------------------------------------------------------
+    def tokenize(self, texts, is_tokenized: bool = False) -> list[Tokenized]:
+        return self.tokenizer(texts, is_tokenized=is_tokenized)
+
+    def encode(self, texts, *, is_tokenized: bool = False, show_tokens: bool = False, batch_size: int | None = None,
+               progress: bool = False):
+        items = self.tokenize(texts, is_tokenized=is_tokenized)
+        vectors = self.embed(items, batch_size=batch_size, progress=progress)
+        if show_tokens:
+            return vectors, [self.tokenizer.tokens(item) for item in items]
+        return vectors
+
+    def embed(self, items: list[Tokenized], batch_size: int | None = None, progress: bool = False) -> np.ndarray:
+        """Vectors of already tokenized items, in their order."""
+        cfg = self.config
+        windows = [(i, w) for i, item in enumerate(items) for w in range(len(item.windows))]
+        windows.sort(key=lambda iw: len(items[iw[0]].windows[iw[1]]))  # similar lengths share a batch: less padding
+        size = batch_size or cfg.batch_size
+        none_pooling = cfg.pooling == "NONE"
+        out_len = 0
+        if none_pooling:
+            longest = max((len(item.windows[0]) for item in items), default=0)
+            out_len = cfg.max_seq_len if self._fixed_length else longest
+        per_window: dict[tuple[int, int], torch.Tensor] = {}
+        starts = range(0, len(windows), size)
+        if progress:
+            from tqdm import tqdm
+            starts = tqdm(starts, total=math.ceil(len(windows) / size), unit="batch", desc="encode")
+        for start in starts:
+            batch = windows[start:start + size]
+            vecs = self._embed_batch([items[i].windows[w] for i, w in batch],
+                                     [items[i].type_ids[w] for i, w in batch], out_len)
+            for key, v in zip(batch, vecs):
+                per_window[key] = v
+        if not items:
+            shape = (0, out_len, self.dim) if none_pooling else (0, self.dim)
+            return np.zeros(shape, dtype=cfg.dtype)
+        rows = []
+        for i, item in enumerate(items):
+            if len(item.windows) == 1:
+                rows.append(per_window[(i, 0)])
+            else:  # a chunked long text: windows count by how many of its tokens they hold
+                weights = torch.tensor(item.weights, dtype=torch.float32)
+                stacked = torch.stack([per_window[(i, w)] for w in range(len(item.windows))])
+                rows.append((stacked * weights[:, None]).sum(0) / weights.sum())
+        result = torch.stack(rows)
+        if cfg.normalize:
+            result = torch.nn.functional.normalize(result, p=2, dim=-1)
+        return result.numpy().astype(cfg.dtype, copy=False)
+
+    def _embed_batch(self, ids: list[list[int]], type_ids: list[list[int]], out_len: int) -> torch.Tensor:
+        length = max(len(x) for x in ids)
+        pad = self.tokenizer.pad_id
+        input_ids = torch.full((len(ids), length), pad, dtype=torch.long)
+        types = torch.zeros((len(ids), length), dtype=torch.long)
+        mask = torch.zeros((len(ids), length), dtype=torch.long)
+        for row, (x, t) in enumerate(zip(ids, type_ids)):
+            input_ids[row, :len(x)] = torch.tensor(x)
+            types[row, :len(t)] = torch.tensor(t)
+            mask[row, :len(x)] = 1
+        hidden, pooled = self.backend.forward(input_ids, mask, types if self._use_type_ids else None)
+        h = torch.cat([hidden[i] for i in self._hidden_indices], dim=-1).float()
+        content = None
+        if self.config.mask_cls_sep:
+            content = mask.bool() & ~torch.isin(input_ids, self._special_ids)
+        vectors = pool(self.config.pooling, h, mask, content, None if pooled is None else pooled.float())
+        if self.config.pooling == "NONE" and out_len > length:
+            vectors = torch.nn.functional.pad(vectors, (0, 0, 0, out_len - length))
+        return vectors
