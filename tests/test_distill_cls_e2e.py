@@ -184,3 +184,49 @@ def test_cli_finetune_and_distill(work, teacher, tmp_path, capsys):
                                  str(files["train"]), "--dev", str(files["dev"]), "--out", str(s_out),
                                  "--temperature", "0"])
         bad.func(bad)
+
+
+@pytest.mark.timeout(180)
+def test_serve_classify_endpoint(teacher):
+    """`bertserve serve --classifier DIR` in a real process: POST /classify through the batcher."""
+    import threading
+
+    import httpx
+
+    from bertserve.serve.process import ServerProcess
+
+    t_dir, _ = teacher
+    texts = ["质量很好，推荐购买", "太差了，不会再买", "物流很快 ||| 包装也好"]
+    expected = Classifier(t_dir).classify(texts)
+    srv = ServerProcess("--classifier", str(t_dir), "--no-zmq", "--max-request-texts", "50")
+    try:
+        with httpx.Client(base_url=srv.url, timeout=60) as http:
+            r = http.post("/classify", json={"texts": texts})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["labels"] == ["neg", "pos"]
+            assert [x["label"] for x in body["results"]] == [x["label"] for x in expected]
+            for got, want in zip(body["results"], expected):
+                assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-5)
+            # concurrent callers are batched together and each gets its own answers back
+            answers = {}
+
+            def call(i):
+                with httpx.Client(base_url=srv.url, timeout=60) as h:
+                    answers[i] = h.post("/classify", json={"texts": [texts[i % 3]] * (i + 1)}).json()
+
+            threads = [threading.Thread(target=call, args=(i,)) for i in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            for i, a in answers.items():
+                assert [x["label"] for x in a["results"]] == [expected[i % 3]["label"]] * (i + 1)
+            for bad, status in [({"texts": []}, 400), ({"texts": ["ok", ""]}, 400), ({"texts": [1]}, 400),
+                                ({"text": "x"}, 400), ({"texts": ["a"] * 51}, 413)]:
+                r = http.post("/classify", json=bad)
+                assert r.status_code == status, (bad, r.text)
+                assert set(r.json()["error"]) >= {"message", "type"}
+            assert http.post("/encode", json={"texts": ["still encodes"]}).status_code == 200
+    finally:
+        assert srv.stop() == 0, srv.log_text()[-2000:]

@@ -92,7 +92,9 @@ class Classifier:
     def model_kind(self) -> str:
         return getattr(self.model.config, "kind", None) or getattr(self.model.config, "model_type", "?")
 
-    def tokenize(self, texts) -> list[ClassifyItem]:
+    def tokenize(self, texts, is_tokenized: bool = False) -> list[ClassifyItem]:
+        if is_tokenized:
+            raise ValueError("classification takes plain texts, not token lists")
         texts = _check_texts(texts)
         split = [t.split(PAIR_SEPARATOR, 1) if PAIR_SEPARATOR in t else [t, None] for t in texts]
         firsts, seconds = [s[0] for s in split], [s[1] for s in split]
@@ -118,6 +120,8 @@ class Classifier:
         data = Tokenized([it.features for it in items])
         logits = predict_logits(self.model, data, self.pad_id, self.batch_size)
         return torch.softmax(torch.from_numpy(logits).float(), dim=-1).numpy()
+
+    embed = predict_items  # the server's Batcher calls tokenize(...) then embed(items), as on an Encoder
 
     def predict_proba(self, texts) -> np.ndarray:
         return self.predict_items(self.tokenize(texts))
