@@ -22,25 +22,34 @@ def _embed_cli():
         return None
 
 
-def _add_training_arguments(p, lr: float, epochs: int) -> None:
+def _add_training_arguments(p) -> None:
+    # Defaults are None here and filled from TrainConfig (or the command's own defaults) in
+    # _training_config: `distill --objective embedding` shares these flags and has defaults of its own.
     g = p.add_argument_group("training")
-    g.add_argument("--max-seq-len", type=int, default=128)
-    g.add_argument("--epochs", type=int, default=epochs)
-    g.add_argument("--batch-size", type=int, default=32)
-    g.add_argument("--lr", type=float, default=lr)
-    g.add_argument("--warmup", type=float, default=0.1, help="fraction of steps for linear warm-up")
-    g.add_argument("--weight-decay", type=float, default=0.01)
-    g.add_argument("--patience", type=int, default=2, help="early stopping: epochs without dev improvement (0 = off)")
-    g.add_argument("--metric", choices=("accuracy", "macro_f1"), default="accuracy")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--max-seq-len", type=int, default=None, help="token limit (default 128)")
+    g.add_argument("--epochs", type=float, default=None)
+    g.add_argument("--batch-size", type=int, default=None, help="default 32")
+    g.add_argument("--lr", type=float, default=None, help="peak learning rate (finetune 5e-5, distill 1e-4)")
+    g.add_argument("--warmup", type=float, default=None, help="fraction of steps for linear warm-up (default 0.1)")
+    g.add_argument("--weight-decay", type=float, default=None, help="default 0.01")
+    g.add_argument("--patience", type=int, default=None,
+                   help="early stopping: epochs without dev improvement (default 2; 0 = off)")
+    g.add_argument("--metric", choices=("accuracy", "macro_f1"), default=None, help="dev metric (default accuracy)")
+    g.add_argument("--seed", type=int, default=None)
     g.add_argument("--threads", type=int, default=None)
+    g.add_argument("--freeze-embeddings", action="store_true", help="keep the word-embedding table fixed")
     g.add_argument("--no-progress", action="store_true")
 
 
-def _training_config(args) -> TrainConfig:
-    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-                       weight_decay=args.weight_decay, max_seq_len=args.max_seq_len, patience=args.patience,
-                       metric=args.metric, seed=args.seed, threads=args.threads, progress=not args.no_progress)
+def _training_config(args, **defaults) -> TrainConfig:
+    given = {name: getattr(args, name) for name in ("max_seq_len", "epochs", "batch_size", "lr", "warmup",
+                                                    "weight_decay", "patience", "metric", "seed", "threads")}
+    values = {**defaults, **{k: v for k, v in given.items() if v is not None}}
+    if "epochs" in values:
+        if float(values["epochs"]) != int(values["epochs"]):
+            raise ValueError(f"--epochs must be a whole number for classification, got {values['epochs']}")
+        values["epochs"] = int(values["epochs"])
+    return TrainConfig(**values, freeze_embeddings=args.freeze_embeddings, progress=not args.no_progress)
 
 
 def _layer_map(value: str) -> tuple[int, ...]:
@@ -77,11 +86,11 @@ def run_distill(args) -> int:
         return 2
     config = DistillConfig(
         teacher=args.teacher, student=args.student, train=args.train, dev=args.dev, out=args.out, test=args.test,
-        unlabeled=args.unlabeled, training=_training_config(args), speed_rounds=args.speed_rounds,
+        unlabeled=args.unlabeled, training=_training_config(args, lr=1e-4), speed_rounds=args.speed_rounds,
         loss=LossConfig(alpha=args.alpha, temperature=args.temperature, schedule=args.temperature_schedule,
                         soft=args.soft_loss, hidden_weight=args.hidden_weight, attention_weight=args.attention_weight,
                         embedding_weight=args.embedding_weight, layer_map=args.layer_map),
-        augment=AugmentConfig(copies=args.augment, p_mask=args.p_mask, p_ngram=args.p_ngram, seed=args.seed))
+        augment=AugmentConfig(copies=args.augment, p_mask=args.p_mask, p_ngram=args.p_ngram, seed=args.seed or 0))
     result = distill(config)
     models = result["report"]["models"]
     for name, row in models.items():
@@ -97,7 +106,7 @@ def add_parser(subparsers) -> None:
     ft.add_argument("--dev", required=True)
     ft.add_argument("--test")
     ft.add_argument("--out", required=True)
-    _add_training_arguments(ft, lr=5e-5, epochs=3)
+    _add_training_arguments(ft)
     ft.set_defaults(func=run_finetune)
 
     d = subparsers.add_parser("distill", help="distil a teacher into a smaller student")
@@ -123,7 +132,7 @@ def add_parser(subparsers) -> None:
     a.add_argument("--p-mask", type=float, default=0.1)
     a.add_argument("--p-ngram", type=float, default=0.25)
     d.add_argument("--speed-rounds", type=int, default=3, help="interleaved timing rounds for the report (0 = skip)")
-    _add_training_arguments(d, lr=1e-4, epochs=3)
+    _add_training_arguments(d)
     module = _embed_cli()
     if module is not None:
         module.add_embedding_arguments(d)
