@@ -48,6 +48,6 @@ def finetune(model_path, train, dev, out, test=None, config: TrainConfig | None 
     save_hf_classifier(model, tokenizer, labels, out, config.max_seq_len)
     (out / "training_history.json").write_text(json.dumps(history, indent=2))
     return {"dev": evaluate(model, dev_tok, pad_id, labels),
-              "test": evaluate(model, test_tok, pad_id, labels) if test_tok else None,
-              "history": history, "label_names": labels}
+            "test": evaluate(model, test_tok, pad_id, labels) if test_tok else None,
+            "history": history, "label_names": labels}
 
