@@ -7,7 +7,7 @@ each path minus in-process p50. Server RSS. Optionally (--workers) threads vs pr
 Rounds interleave the contenders (rotating the order) and each measurement records the CPU time that other
 processes used meanwhile (/proc/stat minus this process and the server), so disturbed rounds show.
 
-    PYTHONPATH=. python benchmarks/serve.py --texts 800 --rounds 3 --out serve_results.json
+    PYTHONPATH=. python benchmarks/serve.py --texts 640 --rounds 3 [--workers]
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 
 HZ = os.sysconf("SC_CLK_TCK")
 REQUEST_TEXTS = 32
+SAME_REQUESTS = "in-process, requests of 32 in turn"
 SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
 
 
@@ -55,7 +56,7 @@ def _proc_jiffies(pid) -> int:
 
 
 class Meter:
-    """Wall time and the CPU seconds used by processes other than ours (this one and the server)."""
+    """Wall time, CPU seconds of our processes (this one and the server) and of all the others."""
 
     def __init__(self, pids):
         self.pids = pids
@@ -68,6 +69,7 @@ class Meter:
     def __exit__(self, *exc):
         self.wall = time.perf_counter() - self.t0
         own = sum(_proc_jiffies(p) for p in self.pids) - self.own0
+        self.own_cpu = own / HZ
         self.other_cpu = max(0, _busy_jiffies() - self.busy0 - own) / HZ
 
 
@@ -113,7 +115,11 @@ def throughput(enc, srv, texts, rounds, concurrencies):
 
     from bertserve.client import Client
 
-    contenders = {"in-process Encoder.encode": lambda: enc.encode(texts)}
+    # two in-process peers: the whole corpus in one call (sorted by length over all texts), and the same
+    # requests of REQUEST_TEXTS one after the other (what one client can hand a server)
+    contenders = {"in-process Encoder.encode": lambda: enc.encode(texts),
+                  SAME_REQUESTS: lambda: np.concatenate([enc.encode(texts[s:s + REQUEST_TEXTS])
+                                                         for s in range(0, len(texts), REQUEST_TEXTS)])}
     for c in concurrencies:
         contenders[f"HTTP, {c} clients"] = lambda c=c: run_clients(lambda: Client(srv.url, timeout=600), texts, c)
         contenders[f"ZeroMQ BertClient, {c} clients"] = lambda c=c: run_clients(
@@ -129,13 +135,14 @@ def throughput(enc, srv, texts, rounds, concurrencies):
                 got = contenders[name]()
             cos = min_cosine(got, reference)
             rows[name].append({"per_s": len(texts) / m.wall, "other_cpu_s": m.other_cpu, "wall_s": m.wall,
-                               "min_cos": cos})
-            print(f"  round {r + 1} {name:34s} {len(texts) / m.wall:7.1f} texts/s  other CPU {m.other_cpu:5.1f} s"
+                               "per_cpu_s": len(texts) / max(m.own_cpu, 1e-9), "min_cos": cos})
+            print(f"  round {r + 1} {name:34s} {len(texts) / m.wall:7.1f} texts/s  "
+                  f"{len(texts) / max(m.own_cpu, 1e-9):6.1f} texts/CPU-s  other CPU {m.other_cpu:5.1f} s"
                   f"  min cos {cos:.6f}", flush=True)
     return rows
 
 
-def latency(enc, srv, requests, rounds):
+def latency(enc, srv, requests):
     import httpx
     from bert_serving.client import BertClient
 
@@ -150,25 +157,27 @@ def latency(enc, srv, requests, rounds):
         "HTTP bertserve Client (/encode, base64)": lambda: client.encode([SENTENCE]),
         "HTTP /v1/embeddings (JSON floats)": lambda: raw.post("/v1/embeddings", json={"input": SENTENCE}).json(),
     }
-    times = {n: [] for n in paths}
-    other = {n: 0.0 for n in paths}
     for f in paths.values():
         for _ in range(5):
             f()
-    per_round = max(1, requests // rounds)
-    for _ in range(rounds):
-        for name, f in paths.items():
-            with Meter([os.getpid(), srv.proc.pid]) as m:
-                for _ in range(per_round):
-                    t0 = time.perf_counter()
-                    f()
-                    times[name].append(time.perf_counter() - t0)
-            other[name] += m.other_cpu
+    # one request of each path in turn, order rotating: a burst from another process hits all paths alike,
+    # and the per-request differences to in-process give a robust overhead estimate
+    names = list(paths)
+    times = {n: [] for n in names}
+    with Meter([os.getpid(), srv.proc.pid]) as m:
+        for i in range(requests):
+            for name in names[i % len(names):] + names[:i % len(names)]:
+                t0 = time.perf_counter()
+                paths[name]()
+                times[name].append(time.perf_counter() - t0)
     bc.close()
     client.close()
     raw.close()
-    return {n: {"p50_ms": 1000 * statistics.median(t), "p90_ms": 1000 * float(np.percentile(t, 90)),
-                "n": len(t), "other_cpu_s": other[n]} for n, t in times.items()}
+    base = np.array(times[names[0]])
+    ms = lambda x: round(1000 * float(x), 2)  # noqa: E731
+    return {n: {"p50_ms": ms(np.median(t)), "p90_ms": ms(np.percentile(t, 90)),
+                "overhead_ms": ms(np.median(np.array(t) - base)), "n": len(t),
+                "other_cpu_s_all_paths": round(m.other_cpu, 1)} for n, t in times.items()}
 
 
 def rss_mb(pid) -> dict:
@@ -240,8 +249,13 @@ def workers(enc, texts, rounds):
 
 def summary(rows: list[dict]) -> dict:
     per_s = [x["per_s"] for x in rows]
-    return {"median_per_s": round(statistics.median(per_s), 1), "min_per_s": round(min(per_s), 1),
-            "other_cpu_s": [round(x["other_cpu_s"], 1) for x in rows]}
+    out = {"median_per_s": round(statistics.median(per_s), 1), "min_per_s": round(min(per_s), 1),
+           "other_cpu_s": [round(x["other_cpu_s"], 1) for x in rows]}
+    if "per_cpu_s" in rows[0]:
+        # texts per CPU-second of our own processes (client side included): what the path costs, whatever
+        # the other processes on the machine are doing
+        out["median_per_cpu_s"] = round(statistics.median(x["per_cpu_s"] for x in rows), 1)
+    return out
 
 
 def main():
@@ -252,7 +266,7 @@ def main():
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--num-worker", type=int, default=1, help="server worker threads")
     ap.add_argument("--workers", action="store_true", help="also compare threads and processes as workers")
-    ap.add_argument("--out", help="write all figures as JSON here")
+    ap.add_argument("--out", default="benchmarks/results/serve.json", help="where to write the figures (JSON)")
     args = ap.parse_args()
 
     from bertserve import Encoder
@@ -268,15 +282,17 @@ def main():
         results["rss_after_start"] = rss_mb(srv.proc.pid)
         print(f"throughput, {len(texts)} texts, requests of {REQUEST_TEXTS}:", flush=True)
         rows = throughput(enc, srv, texts, args.rounds, [int(c) for c in args.concurrency.split(",")])
-        base = statistics.median(x["per_s"] for x in rows["in-process Encoder.encode"])
-        results["throughput"] = {n: {**summary(r), "ratio_to_in_process": round(
-            statistics.median(x["per_s"] for x in r) / base, 3)} for n, r in rows.items()}
+        results["throughput"] = {n: summary(r) for n, r in rows.items()}
+        base = results["throughput"]["in-process Encoder.encode"]
+        same = results["throughput"][SAME_REQUESTS]
+        for v in results["throughput"].values():
+            v["ratio_to_in_process"] = round(v["median_per_s"] / base["median_per_s"], 3)
+            v["cpu_ratio_to_in_process"] = round(v["median_per_cpu_s"] / base["median_per_cpu_s"], 3)
+            v["cpu_ratio_to_same_requests"] = round(v["median_per_cpu_s"] / same["median_per_cpu_s"], 3)
         print("latency, one sentence:", flush=True)
-        results["latency"] = lat = latency(enc, srv, args.latency_requests, args.rounds)
-        p50 = lat["in-process Encoder.encode"]["p50_ms"]
-        for v in lat.values():
-            v["overhead_ms"] = round(v["p50_ms"] - p50, 2)
-        results["rss_end"] = rss_mb(srv.proc.pid)
+        results["latency"] = latency(enc, srv, args.latency_requests)
+        time.sleep(2.5)  # the server hands free heap back after 1 s idle
+        results["rss_idle_after_load"] = rss_mb(srv.proc.pid)
     finally:
         srv.stop()
     if args.workers:

@@ -53,6 +53,7 @@ def test_sigterm_finishes_requests_in_flight_and_queue_refuses_past_its_bound(de
         # past the bound: refused at once over both protocols, nothing queued
         refused = status.post("/encode", json={"texts": corpus})
         assert refused.status_code == 429 and refused.json()["error"]["type"] == "rate_limit_error"
+        assert refused.headers["retry-after"] == "1"
         with BertClient(port=srv.port, port_out=srv.port_out, timeout=30000) as bc:
             with pytest.raises(TypeError, match="queue is full"):
                 bc.encode(corpus)
@@ -125,3 +126,20 @@ def test_search_collections_mounted_and_embedded_through_the_batcher(tmp_path, d
     finally:
         assert srv.stop() == 0
     assert (tmp_path / "collections" / "docs").is_dir()
+
+
+@pytest.mark.timeout(120)
+def test_port_in_use_is_a_clear_error():
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = subprocess.run([sys.executable, "-m", "bertserve.cli", "serve", "--port", str(port),
+                              "--port-out", "0", "--http-port", "0"], capture_output=True, text=True, timeout=110)
+    assert run.returncode == 1
+    assert "bertserve serve: error: Address already in use" in run.stderr
+    assert "Traceback" not in run.stderr

@@ -1,5 +1,7 @@
-"""Distillation: smaller students trained to reproduce a teacher (labels or sentence embeddings).
+"""Distillation: smaller students trained to reproduce a teacher (its labels or its sentence embeddings).
 
-Modules: ``students`` (transformer student specs and builders), ``embedding`` (sentence-embedding
-distillation), ``embed_report`` (its evaluation), ``embed_cli`` (the ``distill --objective embedding`` options).
+Shared: ``students`` (transformer student specs and builders, vocab.txt students). Sentence embeddings:
+``embedding`` (data, teacher-vector cache, training), ``embed_export`` (sentence-transformers folder),
+``embed_report`` (agreement, rated similarity sets, speed, curve), ``embed_cli`` (``distill --objective
+embedding`` options). The classification objective has its own modules beside these.
 """

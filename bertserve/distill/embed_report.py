@@ -122,12 +122,17 @@ def speed(encoders: dict[str, tuple[object, str]], texts: list[str], config: Rep
             batch = [prefix + t for t in texts]
             wall, other = _timed(lambda: enc.encode(batch))
             rounds[name].append({"texts_per_s": len(texts) / wall, "other_cpu_s": other})
-    out = {}
     singles = texts[: config.latency_texts]
-    for name in names:
-        enc, prefix = encoders[name]
+    latency = {n: [] for n in names}
+    for enc, prefix in encoders.values():
         enc.encode([prefix + singles[0]])  # warm-up
-        lat = [_timed(lambda t=t: enc.encode([prefix + t]))[0] * 1000 for t in singles]
+    for t in singles:  # one text through every model in turn, so a burst of load hits them alike
+        for name in names:
+            enc, prefix = encoders[name]
+            latency[name].append(_timed(lambda: enc.encode([prefix + t]))[0] * 1000)
+    out = {}
+    for name in names:
+        lat = latency[name]
         tps = [x["texts_per_s"] for x in rounds[name]]
         out[name] = {"texts_per_s_median": statistics.median(tps), "texts_per_s_min": min(tps),
                      "latency_ms_p50": statistics.median(lat), "latency_ms_p90": float(np.percentile(lat, 90)),

@@ -193,6 +193,7 @@ class EmbeddingDistiller:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.teacher = teacher_encoder or Encoder(model=config.teacher, max_seq_len=config.max_seq_len)
+        mode = pooling_mode(self.teacher)
         texts = read_lines(config.texts) if config.texts else []
         pairs = read_parallel(config.parallel) if config.parallel else []
         if not texts and not pairs:
@@ -206,16 +207,17 @@ class EmbeddingDistiller:
         sources = train_texts + [s for s, _ in pairs]
         if not sources:
             raise ValueError("no training texts left after holding out the evaluation texts")
+        # The student first: a bad spec or vocab fails before the teacher spends minutes on the corpus.
+        torch.manual_seed(config.seed)
+        self.student, self.tokenizer = _student_model(self.teacher.checkpoint, config)
+        self.head = StudentHead(mode, self.student.config.hidden_size, self.teacher.dim,
+                                bool(self.teacher.config.normalize), config.allow_projection)
         vectors = teacher_vectors(self.teacher, sources + self.heldout, config)
         self.targets = torch.from_numpy(vectors[: len(sources)])
         self.heldout_targets = torch.from_numpy(vectors[len(sources):])
         # (student input, row of its teacher vector); a translation shares its source's row
         self.examples = [(t, i) for i, t in enumerate(sources)]
         self.examples += [(tgt, len(train_texts) + k) for k, (_, tgt) in enumerate(pairs)]
-        torch.manual_seed(config.seed)
-        self.student, self.tokenizer = _student_model(self.teacher.checkpoint, config)
-        self.head = StudentHead(pooling_mode(self.teacher), self.student.config.hidden_size, self.teacher.dim,
-                                bool(self.teacher.config.normalize), config.allow_projection)
         self.history = DistillHistory()
 
     def embed(self, texts: list[str]) -> torch.Tensor:

@@ -54,6 +54,15 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run_serve(args) -> int:
+    import sys
+
+    import zmq
+
     from bertserve.serve.server import serve
 
-    return serve(config_from_args(args))
+    config = config_from_args(args)
+    try:
+        return serve(config)
+    except (OSError, RuntimeError, zmq.ZMQError) as e:  # a port in use and the like: say so, no traceback
+        print(f"bertserve serve: error: {e}", file=sys.stderr)
+        return 1

@@ -180,7 +180,10 @@ def _api_key_check(api_key: str | None):
 
 def error_response(state: ServerState, status: int, type_: str, message: str) -> JSONResponse:
     state.metrics.observe_error("http", type_)
-    return JSONResponse({"error": {"message": message, "type": type_, "code": status}}, status_code=status)
+    # busy or shutting down: tell clients when trying again makes sense
+    headers = {"Retry-After": "1"} if status in (429, 503) else None
+    return JSONResponse({"error": {"message": message, "type": type_, "code": status}}, status_code=status,
+                        headers=headers)
 
 
 def _install_error_handlers(app: FastAPI, state: ServerState):
