@@ -12,6 +12,7 @@ COMMAND_MODULES = [
     "bertserve.models.google_bert",
     "bertserve.search.cli",
     "bertserve.serve.cli",
+    "bertserve.distill.cli",
 ]
 
 

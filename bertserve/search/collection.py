@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import threading
-import uuid
 from pathlib import Path
 from typing import NamedTuple
 
@@ -28,9 +27,10 @@ import numpy as np
 from bertserve.search import spec as specs
 from bertserve.search.cluster import KMeansResult, fit_pca, kmeans
 from bertserve.search.embed import Embedder, VectorInput
-from bertserve.search.engine import VectorIndex, fsync_dir
+from bertserve.search.engine import VectorIndex, calibrate, fsync_dir
 from bertserve.search.filters import compile_filter
-from bertserve.search.store import Store, dump_meta
+from bertserve.search.inputs import check_ids, check_k, check_metadata, check_texts, prepare_add
+from bertserve.search.store import Store
 
 log = logging.getLogger("bertserve.search")
 
@@ -41,10 +41,6 @@ SAVE_FRACTION = 0.2
 SAVE_MIN = 20_000
 # Training sample cap; Faiss subsamples further per centroid with its own fixed seed.
 TRAIN_MAX = 1_000_000
-# `auto` tunes its search parameter on this many stored vectors to reach this recall@10.
-CALIBRATE_QUERIES = 200
-CALIBRATE_K = 10
-CALIBRATE_RECALL = 0.95
 
 
 class Hit(NamedTuple):
@@ -161,7 +157,7 @@ class Collection(VectorInput):
 
     def delete(self, ids) -> int:
         """Delete items by id; ids not in the collection are ignored. Returns how many were deleted."""
-        ids = _check_ids(ids, None)
+        ids = check_ids(ids, None)
         with self._lock:
             self._check_open()
             iids = self.store.delete(ids)
@@ -176,7 +172,7 @@ class Collection(VectorInput):
 
         Metadata alone is updated in place; a new text or vector re-inserts the item under the same id.
         """
-        ids = _check_ids(ids, None)
+        ids = check_ids(ids, None)
         with self._lock:
             self._check_open()
             missing = sorted(set(ids) - set(self.store.existing(ids)))
@@ -185,15 +181,15 @@ class Collection(VectorInput):
             if texts is None and vectors is None:
                 if metadata is None:
                     raise ValueError("update needs texts, vectors or metadata")
-                self.store.set_meta(ids, _check_metadata(metadata, len(ids)))
+                self.store.set_meta(ids, check_metadata(metadata, len(ids)))
                 return
             n = len(ids)
-            new_texts = _check_texts(texts, n)
+            new_texts = check_texts(texts, n)
             vectors = self._vectors_for(new_texts, vectors)
             old = {row[0]: row for row in self.store.rows(self.store.iids_of(ids)).values()}
             if new_texts is None:
                 new_texts = [old[i][1] for i in ids]
-            metas = _check_metadata(metadata if metadata is not None else [old[i][2] for i in ids], n)
+            metas = check_metadata(metadata if metadata is not None else [old[i][2] for i in ids], n)
             with self.store.transaction():  # delete + insert commit together
                 old_iids = self.store.delete(ids)
                 new_iids = self.store.add(ids, new_texts, metas, vectors)
@@ -278,7 +274,7 @@ class Collection(VectorInput):
 
     def get(self, ids) -> list[Item | None]:
         """Items for the given ids, in order; None where an id is not in the collection."""
-        ids = _check_ids(ids, None, unique=False)
+        ids = check_ids(ids, None, unique=False)
         with self._lock:
             self._check_open()
             rows = self.store.rows(self.store.iids_of(ids), with_vectors=True)
@@ -297,7 +293,7 @@ class Collection(VectorInput):
 
     def has(self, ids) -> list[bool]:
         """Whether each id is in the collection (a resumed ingest skips those that are)."""
-        ids = _check_ids(ids, None, unique=False)
+        ids = check_ids(ids, None, unique=False)
         with self._lock:
             self._check_open()
             present = set(self.store.existing(ids))
@@ -453,37 +449,6 @@ class _Names:
         return out
 
 
-def calibrate(vindex: VectorIndex, iids: np.ndarray, vectors: np.ndarray, metric: str) -> dict:
-    """Pick the cheapest search setting of an `auto` index that reaches CALIBRATE_RECALL recall@10.
-
-    Stored vectors serve as queries (each one's own hit left out of both answers), measured against
-    an exact scan; an honest estimate because the query distribution is the collection's own.
-    """
-    factory = vindex.factory
-    params = specs.auto_params(factory)
-    knob = "efSearch" if factory.startswith("HNSW") else "nprobe" if "IVF" in factory else None
-    if knob is None or len(iids) <= CALIBRATE_K + 1:
-        return params
-    pick = np.random.default_rng(0).choice(len(iids), min(CALIBRATE_QUERIES, len(iids)), replace=False)
-    queries = vectors[pick]
-    flat = faiss.IndexFlat(vectors.shape[1], specs.METRICS[metric])
-    flat.add(vectors)
-    truth = iids[flat.search(queries, CALIBRATE_K + 1)[1]]
-
-    def exact(q, k, allowed):
-        scores, pos = flat.search(q, k)
-        return scores, np.where(pos >= 0, iids[np.maximum(pos, 0)], -1)
-
-    for value in specs.CALIBRATE_STEPS[knob]:
-        params[knob] = value
-        _, found = vindex.search(queries, CALIBRATE_K + 1, params, None, exact)
-        hits = [len((set(f) & set(t)) - {self_id}) / CALIBRATE_K
-                for f, t, self_id in zip(found.tolist(), truth.tolist(), iids[pick].tolist())]
-        if np.mean(hits) >= CALIBRATE_RECALL:
-            break
-    return params
-
-
 def _lock_folder(path: Path) -> int:
     fd = os.open(path / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -492,61 +457,3 @@ def _lock_folder(path: Path) -> int:
         os.close(fd)
         raise RuntimeError(f"collection {path} is already open (in this or another process)") from None
     return fd
-
-
-def prepare_add(col, texts, ids, metadata, vectors) -> tuple[list[str], list | None, list[str], np.ndarray]:
-    """Checked (ids, texts, metadata as JSON, vectors) of an `add`, for every collection engine."""
-    n = _count(texts, vectors)
-    texts = _check_texts(texts, n)
-    ids = _check_ids(ids, n) if ids is not None else [uuid.uuid4().hex for _ in range(n)]
-    metas = _check_metadata(metadata, n)
-    return ids, texts, metas, col._vectors_for(texts, vectors)
-
-
-def check_k(k):
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-
-
-def _count(texts, vectors) -> int:
-    if vectors is not None:
-        return len(vectors)
-    if texts is None:
-        raise ValueError("give texts or vectors")
-    return len(texts)
-
-
-def _check_texts(texts, n):
-    if texts is None:
-        return None
-    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-        raise ValueError("texts must be a list of strings")
-    if len(texts) != n:
-        raise ValueError(f"got {len(texts)} texts for {n} vectors")
-    return list(texts)
-
-
-def _check_ids(ids, n, unique=True) -> list[str]:
-    if isinstance(ids, str) or not isinstance(ids, (list, tuple, np.ndarray)):
-        raise ValueError("ids must be a list of strings")
-    ids = list(ids)
-    if not all(isinstance(i, str) and i for i in ids):
-        raise ValueError("ids must be non-empty strings")
-    if n is not None and len(ids) != n:
-        raise ValueError(f"got {len(ids)} ids for {n} items")
-    if unique and len(set(ids)) != len(ids):
-        seen, dup = set(), []
-        for i in ids:
-            if i in seen:
-                dup.append(i)
-            seen.add(i)
-        raise ValueError(f"duplicate ids in one call: {sorted(set(dup))[:10]}")
-    return ids
-
-
-def _check_metadata(metadata, n) -> list[str]:
-    if metadata is None:
-        return ["{}"] * n
-    if isinstance(metadata, dict) or len(metadata) != n:
-        raise ValueError(f"metadata must be a list of {n} objects (one per item)")
-    return [dump_meta(m) for m in metadata]

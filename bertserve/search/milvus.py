@@ -19,7 +19,8 @@ import math
 
 import numpy as np
 
-from bertserve.search.collection import Hit, Item, _check_ids, _check_metadata, _check_texts, check_k, prepare_add
+from bertserve.search.collection import Hit, Item
+from bertserve.search.inputs import check_ids, check_k, check_metadata, check_texts, prepare_add
 from bertserve.search.embed import Embedder, VectorInput
 from bertserve.search.filters import COMPARE, FilterError, walk
 
@@ -147,14 +148,14 @@ class MilvusCollection(VectorInput):
 
     def delete(self, ids) -> int:
         """Delete items by id; ids not in the collection are ignored. Returns how many were deleted."""
-        present = self._existing(_check_ids(ids, None))
+        present = self._existing(check_ids(ids, None))
         if present:
             self._open().delete(self.name, ids=sorted(present))
         return len(present)
 
     def update(self, ids, texts=None, vectors=None, metadata=None) -> None:
         """Replace texts/vectors and/or metadata of existing items (all ids must exist)."""
-        ids = _check_ids(ids, None)
+        ids = check_ids(ids, None)
         n = len(ids)
         if texts is None and vectors is None and metadata is None:
             raise ValueError("update needs texts, vectors or metadata")
@@ -162,14 +163,14 @@ class MilvusCollection(VectorInput):
         missing = [i for i in ids if i not in old]
         if missing:
             raise KeyError(f"ids not in the collection: {missing[:10]}")
-        new_texts = _check_texts(texts, n)
+        new_texts = check_texts(texts, n)
         if texts is None and vectors is None:
             new_vectors = np.stack([old[i].vector for i in ids])
         else:
             new_vectors = self._vectors_for(new_texts, vectors)
         if new_texts is None:
             new_texts = [old[i].text for i in ids]
-        metas = _check_metadata(metadata if metadata is not None else [old[i].metadata for i in ids], n)
+        metas = check_metadata(metadata if metadata is not None else [old[i].metadata for i in ids], n)
         self._open().upsert(self.name, self._rows(ids, new_texts, metas, new_vectors))
 
     # ---- reading -----------------------------------------------------------------------------------
@@ -192,7 +193,7 @@ class MilvusCollection(VectorInput):
 
     def get(self, ids) -> list[Item | None]:
         """Items for the given ids, in order; None where an id is not in the collection."""
-        ids = _check_ids(ids, None, unique=False)
+        ids = check_ids(ids, None, unique=False)
         rows = self._open().get(self.name, ids=list(dict.fromkeys(ids)),
                                 output_fields=["text", "metadata", "vector"]) if ids else []
         by_id = {r["id"]: Item(r["id"], r.get("text"), r.get("metadata") or {},
@@ -200,7 +201,7 @@ class MilvusCollection(VectorInput):
         return [by_id.get(i) for i in ids]
 
     def has(self, ids) -> list[bool]:
-        ids = _check_ids(ids, None, unique=False)
+        ids = check_ids(ids, None, unique=False)
         present = self._existing(ids)
         return [i in present for i in ids]
 

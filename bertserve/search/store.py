@@ -173,18 +173,3 @@ def _chunks(seq: list):
     for i in range(0, len(seq), CHUNK):
         yield seq[i:i + CHUNK]
 
-
-def dump_meta(meta) -> str:
-    """Serialize one metadata object, refusing what JSON (and our filters) cannot represent."""
-    if meta is None:
-        return "{}"
-    if not isinstance(meta, dict):
-        raise ValueError(f"metadata must be a JSON object (dict), got {type(meta).__name__}")
-    for key in meta:
-        if not isinstance(key, str):
-            raise ValueError(f"metadata keys must be strings, got {key!r}")
-    try:
-        return json.dumps(meta, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"metadata is not JSON-serializable: {exc}") from None
-

@@ -24,6 +24,8 @@ def add_parser(subparsers) -> None:
     g.add_argument("--show-tokens-to-client", action="store_true", help="send tokens with ZeroMQ replies")
     g.add_argument("--served-model-name", help="model name reported to OpenAI clients")
     g.add_argument("--data-dir", help="folder of search collections, served under /collections")
+    g.add_argument("--classifier", help="classifier folder (teacher or student from `bertserve distill`), "
+                                        "served under POST /classify")
     g = p.add_argument_group("batching and limits")
     g.add_argument("--num-worker", type=int, help="encoder worker threads (default 1)")
     g.add_argument("--max-batch-tokens", type=int, help="token budget of one batch (default 4096)")

@@ -38,6 +38,7 @@ class ServerConfig:
     show_tokens_to_client: bool = False
     served_model_name: str | None = None
     data_dir: str | None = None   # folder of search collections, served under /collections
+    classifier: str | None = None  # classifier folder (bertserve finetune/distill output), served under /classify
     # batching and limits
     num_worker: int = 1
     max_batch_tokens: int = 4096

@@ -83,7 +83,9 @@ class Server:
 
         from bertserve.serve.http_app import make_app
 
-        self.routers = collection_routers(self.state)
+        from bertserve.distill.classify_routes import classify_routers
+
+        self.routers = collection_routers(self.state) + classify_routers(self.state)
         app = make_app(self.state, self.routers)
         ucfg = uvicorn.Config(app, host=self.config.host, port=self.config.http_port, access_log=False,
                               log_level=logging.getLogger().getEffectiveLevel(), log_config=None,
@@ -140,6 +142,9 @@ class Server:
             registry = getattr(router, "registry", None)  # search collections save themselves on close
             if registry is not None:
                 registry.close()
+            batcher = getattr(router, "batcher", None)  # /classify has a batcher of its own
+            if batcher is not None:
+                batcher.close(timeout=max(0.0, deadline - time.monotonic()))
         drained = self.state.batcher.close(timeout=max(0.0, deadline - time.monotonic()))
         if self.zmq is not None:
             self.zmq.stop(timeout=max(1.0, deadline - time.monotonic()))
