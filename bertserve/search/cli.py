@@ -9,6 +9,8 @@ from pathlib import Path
 from bertserve.encode.cli import add_encoder_arguments, encoder_config_from_args
 
 INDEX_BATCH = 256
+MILVUS_HELP = ("use the Milvus collection named by the collection argument at this URI "
+               "(a Milvus Lite file such as data/news.db, or http://host:19530)")
 
 
 def read_records(path: str, fmt: str, id_field: str, text_field: str):
@@ -53,11 +55,21 @@ def run_index(args) -> int:
 
     from bertserve.search import Collection
 
-    path = Path(args.collection)
-    exists = (path / "collection.json").exists()
-    encoder = _encoder(args, required=not exists)
-    col = (Collection.open(path, encoder=encoder) if exists else
-           Collection.create(path, encoder=encoder, index=args.index, metric=args.metric))
+    if args.milvus:
+        from bertserve.search.milvus import MilvusCollection
+
+        exists = MilvusCollection.exists(args.milvus, args.collection)
+        encoder = _encoder(args, required=not exists)
+        index = "FLAT" if args.index == "auto" else args.index
+        col = (MilvusCollection.open(args.milvus, args.collection, encoder=encoder) if exists else
+               MilvusCollection.create(args.milvus, args.collection, encoder=encoder, index=index,
+                                       metric=args.metric))
+    else:
+        path = Path(args.collection)
+        exists = (path / "collection.json").exists()
+        encoder = _encoder(args, required=not exists)
+        col = (Collection.open(path, encoder=encoder) if exists else
+               Collection.create(path, encoder=encoder, index=args.index, metric=args.metric))
     total = sum(1 for _ in open(args.file, encoding="utf-8")) - (1 if args.file.endswith(".csv") else 0)
     added = skipped = 0
     with col, tqdm(total=total, unit="rec", disable=args.quiet, file=sys.stderr) as bar:
@@ -90,7 +102,13 @@ def run_search(args) -> int:
 
     filt = _json_arg(args.filter, "--filter")
     params = _json_arg(args.params, "--params")
-    with Collection.open(args.collection, encoder=_encoder(args, required=False)) as col:
+    encoder = _encoder(args, required=False)
+    if args.milvus:
+        from bertserve.search.milvus import MilvusCollection
+        col = MilvusCollection.open(args.milvus, args.collection, encoder=encoder)
+    else:
+        col = Collection.open(args.collection, encoder=encoder)
+    with col:
         for hit in col.search(args.query, k=args.k, filter=filt, params=params):
             print(json.dumps(hit._asdict(), ensure_ascii=False))
     return 0
@@ -141,10 +159,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--format", choices=("auto", "jsonl", "csv", "lines"), default="auto")
     p.add_argument("--id-field", default="id")
     p.add_argument("--text-field", default="text")
-    p.add_argument("--index", default="auto", help="Faiss factory string or 'auto' (new collections)")
+    p.add_argument("--index", default="auto", help="Faiss factory string or 'auto' (new collections); "
+                   "with --milvus a Milvus index type (auto: FLAT)")
     p.add_argument("--metric", choices=("cosine", "ip", "l2"), default="cosine")
     p.add_argument("--batch", type=int, default=INDEX_BATCH, help="records per durable add")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--milvus", metavar="URI", help=MILVUS_HELP)
     add_encoder_arguments(p)
     p.set_defaults(func=run_index)
 
@@ -154,6 +174,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--filter", help='metadata filter as JSON, e.g. \'{"year": {"$gte": 2018}}\'')
     p.add_argument("--params", help='search parameters as JSON, e.g. \'{"nprobe": 16}\'')
+    p.add_argument("--milvus", metavar="URI", help=MILVUS_HELP)
     add_encoder_arguments(p)
     p.set_defaults(func=run_search)
 

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import threading
-import uuid
 from pathlib import Path
 from typing import NamedTuple
 
@@ -27,10 +26,10 @@ import numpy as np
 
 from bertserve.search import spec as specs
 from bertserve.search.cluster import KMeansResult, fit_pca, kmeans
-from bertserve.search.embed import Embedder
+from bertserve.search.embed import Embedder, VectorInput
 from bertserve.search.engine import VectorIndex, calibrate, fsync_dir
 from bertserve.search.filters import compile_filter
-from bertserve.search.inputs import check_ids, check_metadata, check_texts, count_items
+from bertserve.search.inputs import check_ids, check_k, check_metadata, check_texts, prepare_add
 from bertserve.search.store import Store
 
 log = logging.getLogger("bertserve.search")
@@ -58,7 +57,7 @@ class Item(NamedTuple):
     vector: np.ndarray
 
 
-class Collection:
+class Collection(VectorInput):
     """Open with `Collection.create(path, ...)` or `Collection.open(path)`; not via the constructor."""
 
     def __init__(self, path: Path, config: dict, encoder=None):
@@ -145,11 +144,8 @@ class Collection:
     # ---- writing -----------------------------------------------------------------------------------
     def add(self, texts=None, ids=None, metadata=None, vectors=None) -> list[str]:
         """Add items; durable once this returns. Returns their ids (generated when not given)."""
-        n = count_items(texts, vectors)
-        texts = check_texts(texts, n)
-        ids = check_ids(ids, n) if ids is not None else [uuid.uuid4().hex for _ in range(n)]
-        metas = check_metadata(metadata, n)
-        vectors = self._vectors_for(texts, vectors)
+        ids, texts, metas, vectors = prepare_add(self, texts, ids, metadata, vectors)
+        n = len(ids)
         with self._lock:
             self._check_open()
             iids = self.store.add(ids, texts if texts is not None else [None] * n, metas, vectors)
@@ -241,8 +237,7 @@ class Collection:
         return (scores[0], ids[0]) if single else (scores, ids)
 
     def _search(self, query, k, filter, params) -> tuple[bool, np.ndarray, np.ndarray]:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+        check_k(k)
         single, queries = self._queries(query)
         merged = {**self._auto_params, **self.spec.params, **specs.check_params(params)}
         where = compile_filter(filter) if filter is not None else None
@@ -289,6 +284,10 @@ class Collection:
     def __len__(self) -> int:
         return self._names.count
 
+    @property
+    def metric(self) -> str:
+        return self.spec.metric
+
     def __contains__(self, item_id) -> bool:
         return self.has([item_id])[0]
 
@@ -331,43 +330,6 @@ class Collection:
     def _check_open(self):
         if self.store is None:
             raise ValueError(f"collection {self.path} is closed")
-
-    def _queries(self, query) -> tuple[bool, np.ndarray]:
-        if isinstance(query, str):
-            return True, self._vectors_for([query], None)
-        if isinstance(query, (list, tuple)) and query and all(isinstance(q, str) for q in query):
-            return False, self._vectors_for(list(query), None)
-        arr = np.asarray(query) if not isinstance(query, np.ndarray) else query
-        if arr.ndim == 1:
-            return True, self._check_vectors(arr[None, :])
-        if arr.ndim == 2 and len(arr):
-            return False, self._check_vectors(arr)
-        raise ValueError("query must be a text, a list of texts, a vector or a 2-D array of vectors")
-
-    def _vectors_for(self, texts, vectors) -> np.ndarray:
-        if vectors is not None:
-            return self._check_vectors(vectors)
-        if texts is None:
-            raise ValueError("give texts or vectors")
-        return self._check_vectors(self.embedder.embed(texts))
-
-    def _check_vectors(self, vectors) -> np.ndarray:
-        try:
-            arr = np.asarray(vectors, dtype=np.float32)
-        except (TypeError, ValueError):
-            raise ValueError("vectors must be numeric arrays") from None
-        if arr.ndim != 2 or arr.shape[1] != self.dim:
-            raise ValueError(f"vectors must have shape (n, {self.dim}), got {arr.shape}")
-        bad = ~np.isfinite(arr).all(axis=1)
-        if bad.any():
-            raise ValueError(f"vectors contain NaN or inf (rows {np.flatnonzero(bad)[:10].tolist()})")
-        arr = np.ascontiguousarray(arr)
-        if self.spec.metric == "cosine":
-            norms = np.linalg.norm(arr, axis=1, keepdims=True)
-            if (norms == 0).any():
-                raise ValueError(f"zero vectors have no cosine (rows {np.flatnonzero(norms[:, 0] == 0)[:10].tolist()})")
-            arr = arr / norms
-        return arr
 
     def _target_factory(self, n: int) -> str:
         if self.spec.factory != "auto":

@@ -46,3 +46,48 @@ class Embedder:
         if not hasattr(cfg, "to_dict"):
             return self.saved_config
         return json.loads(json.dumps(cfg.to_dict(), default=str))
+
+
+class VectorInput:
+    """Query and item vectors checked the same way by every collection engine.
+
+    Needs `self.dim`, `self.metric` and `self.embedder`; cosine vectors are normalized here so that
+    engines can search them by inner product.
+    """
+
+    def _queries(self, query) -> tuple[bool, np.ndarray]:
+        if isinstance(query, str):
+            return True, self._vectors_for([query], None)
+        if isinstance(query, (list, tuple)) and query and all(isinstance(q, str) for q in query):
+            return False, self._vectors_for(list(query), None)
+        arr = np.asarray(query) if not isinstance(query, np.ndarray) else query
+        if arr.ndim == 1:
+            return True, self._check_vectors(arr[None, :])
+        if arr.ndim == 2 and len(arr):
+            return False, self._check_vectors(arr)
+        raise ValueError("query must be a text, a list of texts, a vector or a 2-D array of vectors")
+
+    def _vectors_for(self, texts, vectors) -> np.ndarray:
+        if vectors is not None:
+            return self._check_vectors(vectors)
+        if texts is None:
+            raise ValueError("give texts or vectors")
+        return self._check_vectors(self.embedder.embed(texts))
+
+    def _check_vectors(self, vectors) -> np.ndarray:
+        try:
+            arr = np.asarray(vectors, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ValueError("vectors must be numeric arrays") from None
+        if arr.ndim != 2 or arr.shape[1] != self.dim:
+            raise ValueError(f"vectors must have shape (n, {self.dim}), got {arr.shape}")
+        bad = ~np.isfinite(arr).all(axis=1)
+        if bad.any():
+            raise ValueError(f"vectors contain NaN or inf (rows {np.flatnonzero(bad)[:10].tolist()})")
+        arr = np.ascontiguousarray(arr)
+        if self.metric == "cosine":
+            norms = np.linalg.norm(arr, axis=1, keepdims=True)
+            if (norms == 0).any():
+                raise ValueError(f"zero vectors have no cosine (rows {np.flatnonzero(norms[:, 0] == 0)[:10].tolist()})")
+            arr = arr / norms
+        return arr

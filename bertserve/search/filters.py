@@ -1,4 +1,5 @@
-"""Metadata filters: a Mongo-like query object compiled into a parameterized SQL condition.
+"""Metadata filters: a Mongo-like query object compiled into a parameterized SQL condition (or, through
+another emitter, a Milvus expression).
 
 Nothing in a filter is ever evaluated as code or pasted into SQL: field names become JSON-path
 *parameters* and values are bound. Types compare like MongoDB: a number matches only numbers, a string
@@ -24,87 +25,123 @@ class FilterError(ValueError):
 
 def compile_filter(query) -> tuple[str, list]:
     """Return (SQL condition over column `meta`, bound arguments)."""
+    sql = SQLite()
+    return walk(query, sql), sql.args
+
+
+def walk(query, emit) -> str:
+    """Validate a filter and build its condition with `emit` (SQLite, or Milvus in search.milvus).
+
+    The one place that knows the filter language; emitters only render the leaves and connectives.
+    """
     if not isinstance(query, dict):
         raise FilterError(f"filter must be a JSON object, got {type(query).__name__}")
-    args: list = []
-    return _doc(query, args, 0), args
+    return _doc(query, emit, 0)
 
 
-def _doc(query: dict, args: list, depth: int) -> str:
+class SQLite:
+    """Renders to SQLite JSON functions; paths and values become bound arguments."""
+    true, false = "1", "0"
+
+    def __init__(self):
+        self.args: list = []
+
+    @staticmethod
+    def path(segments: list[str]) -> str:
+        return "$" + "".join(f'."{seg}"' for seg in segments)
+
+    @staticmethod
+    def all(parts: list[str]) -> str:
+        return "(" + " AND ".join(parts) + ")"
+
+    @staticmethod
+    def any(parts: list[str]) -> str:
+        return "(" + " OR ".join(parts) + ")"
+
+    @staticmethod
+    def negate(part: str) -> str:
+        return f"NOT {part}"
+
+    def exists(self, path: str, present: bool) -> str:
+        self.args.append(path)
+        return f"(json_type(meta, ?) IS {'NOT ' if present else ''}NULL)"
+
+    def compare(self, path: str, op: str, value) -> str:
+        """Ordering comparison: numbers with numbers, strings with strings."""
+        self.args.extend([path, path, value])
+        kinds = "('text')" if isinstance(value, str) else "('integer','real')"
+        return f"IFNULL(json_type(meta, ?) IN {kinds} AND json_extract(meta, ?) {COMPARE[op]} ?, 0)"
+
+    def eq(self, path: str, value) -> str:
+        """An always-true-or-false (never NULL) equality test, so NOT() of it behaves."""
+        if value is None:
+            self.args.append(path)
+            return "IFNULL(json_type(meta, ?) = 'null', 1)"
+        if isinstance(value, bool):
+            self.args.append(path)
+            return f"IFNULL(json_type(meta, ?) = '{'true' if value else 'false'}', 0)"
+        kinds = "('text')" if isinstance(value, str) else "('integer','real')"
+        self.args.extend([path, path, value])
+        return f"IFNULL(json_type(meta, ?) IN {kinds} AND json_extract(meta, ?) = ?, 0)"
+
+
+def _doc(query: dict, emit, depth: int) -> str:
     if depth > MAX_DEPTH:
         raise FilterError("filter is nested too deeply")
     if not query:
-        return "1"
+        return emit.true
     parts = []
     for key, value in query.items():
         if key in LOGICAL:
             if not isinstance(value, list) or not value or not all(isinstance(q, dict) for q in value):
                 raise FilterError(f"{key} needs a non-empty list of filter objects")
-            subs = [_doc(q, args, depth + 1) for q in value]
-            joined = "(" + (" OR " if key != "$and" else " AND ").join(subs) + ")"
-            parts.append(f"NOT {joined}" if key == "$nor" else joined)
+            subs = [_doc(q, emit, depth + 1) for q in value]
+            joined = emit.all(subs) if key == "$and" else emit.any(subs)
+            parts.append(emit.negate(joined) if key == "$nor" else joined)
         elif isinstance(key, str) and key.startswith("$"):
             raise FilterError(f"unknown operator {key!r} at top level; use a field name, $and, $or or $nor")
         else:
-            parts.append(_field(_path(key), value, args))
-    return "(" + " AND ".join(parts) + ")"
+            parts.append(_field(emit.path(_segments(key)), value, emit))
+    return emit.all(parts)
 
 
-def _path(field) -> str:
-    """JSON path for a field name; dots reach into nested objects ("a.b")."""
+def _segments(field) -> list[str]:
+    """Path segments of a field name; dots reach into nested objects ("a.b")."""
     if not isinstance(field, str) or not field or len(field) > 256:
         raise FilterError(f"invalid field name {field!r}")
     segments = field.split(".")
     for seg in segments:
         if not seg or '"' in seg or "\\" in seg:
             raise FilterError(f"invalid field name {field!r}")
-    return "$" + "".join(f'."{seg}"' for seg in segments)
+    return segments
 
 
-def _field(path: str, cond, args: list) -> str:
+def _field(path: str, cond, emit) -> str:
     if isinstance(cond, dict) and any(isinstance(k, str) and k.startswith("$") for k in cond):
         parts = []
         for op, value in cond.items():
             if op not in OPERATORS:
                 raise FilterError(f"unknown operator {op!r}; expected one of {sorted(OPERATORS)}")
-            parts.append(_op(path, op, value, args))
-        return "(" + " AND ".join(parts) + ")"
-    return _op(path, "$eq", cond, args)
+            parts.append(_op(path, op, value, emit))
+        return emit.all(parts)
+    return _op(path, "$eq", cond, emit)
 
 
-def _op(path: str, op: str, value, args: list) -> str:
+def _op(path: str, op: str, value, emit) -> str:
     if op == "$eq":
-        return _eq(path, value, args)
+        return emit.eq(path, _scalar(value, op))
     if op == "$ne":
-        return f"NOT {_eq(path, value, args)}"
+        return emit.negate(emit.eq(path, _scalar(value, op)))
     if op in ("$in", "$nin"):
         if not isinstance(value, list):
             raise FilterError(f"{op} needs a list of values, got {type(value).__name__}")
-        any_of = "(" + " OR ".join(_eq(path, v, args) for v in value) + ")" if value else "0"
-        return any_of if op == "$in" else f"NOT {any_of}"
+        any_of = emit.any([emit.eq(path, _scalar(v, op)) for v in value]) if value else emit.false
+        return any_of if op == "$in" else emit.negate(any_of)
     if op == "$exists":
         if not isinstance(value, bool):
             raise FilterError("$exists needs true or false")
-        args.append(path)
-        return f"(json_type(meta, ?) IS {'NOT ' if value else ''}NULL)"
-    # ordering comparisons: numbers with numbers, strings with strings
-    args.extend([path, path, _scalar(value, op, ordered=True)])
-    kinds = "('text')" if isinstance(value, str) else "('integer','real')"
-    return f"IFNULL(json_type(meta, ?) IN {kinds} AND json_extract(meta, ?) {COMPARE[op]} ?, 0)"
-
-
-def _eq(path: str, value, args: list) -> str:
-    """An always-true-or-false (never NULL) equality test, so NOT() of it behaves."""
-    _scalar(value, "$eq")
-    if value is None:
-        args.append(path)
-        return "IFNULL(json_type(meta, ?) = 'null', 1)"
-    if isinstance(value, bool):
-        args.append(path)
-        return f"IFNULL(json_type(meta, ?) = '{'true' if value else 'false'}', 0)"
-    kinds = "('text')" if isinstance(value, str) else "('integer','real')"
-    args.extend([path, path, value])
-    return f"IFNULL(json_type(meta, ?) IN {kinds} AND json_extract(meta, ?) = ?, 0)"
+        return emit.exists(path, value)
+    return emit.compare(path, op, _scalar(value, op, ordered=True))
 
 
 def _scalar(value, op: str, ordered: bool = False):

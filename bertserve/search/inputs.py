@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import numpy as np
 
@@ -12,6 +13,21 @@ def count_items(texts, vectors) -> int:
     if texts is None:
         raise ValueError("give texts or vectors")
     return len(texts)
+
+
+def prepare_add(col, texts, ids, metadata, vectors) -> tuple[list[str], list | None, list[str], np.ndarray]:
+    """Checked (ids, texts, metadata as JSON, vectors) of an `add`, for every collection engine;
+    `col` turns texts into vectors and checks them (embed.VectorInput)."""
+    n = count_items(texts, vectors)
+    texts = check_texts(texts, n)
+    ids = check_ids(ids, n) if ids is not None else [uuid.uuid4().hex for _ in range(n)]
+    metas = check_metadata(metadata, n)
+    return ids, texts, metas, col._vectors_for(texts, vectors)
+
+
+def check_k(k):
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
 
 
 def check_texts(texts, n):
