@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from bertserve.encode.backends import BACKENDS
 from bertserve.encode.config import EncoderConfig
 from bertserve.encode.pooling import STRATEGIES
 
@@ -40,7 +41,9 @@ def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--long-text", choices=("truncate", "chunk"), default="truncate")
     g.add_argument("--chunk-overlap", type=int)
     g.add_argument("--dtype", choices=("float32", "float16"), default="float32")
-    g.add_argument("--backend", default="torch")
+    g.add_argument("--backend", choices=BACKENDS, default=EncoderConfig.backend,
+                   help="torch (exact reference), onnx (exact, cached export), onnx-int8, bf16 (CPUs with native "
+                        "bfloat16), or auto: the fastest that passes the quality gate for this model (default)")
     g.add_argument("--num-threads", type=int)
 
 

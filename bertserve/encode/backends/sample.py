@@ -8,7 +8,7 @@ from __future__ import annotations
 import bz2
 import functools
 import html
-import importlib.metadata
+import importlib.util
 import re
 from pathlib import Path
 
@@ -34,15 +34,13 @@ class SampleUnavailable(RuntimeError):
     """The shipped text files are missing (gensim is not installed)."""
 
 
-def _data_file(suffix: str) -> Path:
-    try:
-        files = importlib.metadata.files("gensim") or []
-    except importlib.metadata.PackageNotFoundError:
-        files = []
-    for f in files:
-        if str(f).replace("\\", "/").endswith(suffix):
-            return Path(f.locate())
-    raise SampleUnavailable(f"{suffix} not found: install gensim (pip install gensim), whose test data carries "
+def _data_file(relative: str) -> Path:
+    spec = importlib.util.find_spec("gensim")  # finds the package folder without importing gensim
+    if spec is not None and spec.origin:
+        path = Path(spec.origin).parent.parent / relative
+        if path.is_file():
+            return path
+    raise SampleUnavailable(f"{relative} not found: install gensim (pip install gensim), whose test data carries "
                             "the real English text bertserve measures backends on")
 
 
@@ -56,9 +54,8 @@ def _sentences(text: str, min_words: int) -> list[str]:
     return out
 
 
-def _wiki_text(raw: str) -> str:
-    pages = re.findall(r"<text[^>]*>(.*?)</text>", raw, re.S)
-    text = html.unescape(html.unescape("\n".join(pages)))  # the dump escapes entities twice
+def _wiki_text(page: str) -> str:
+    text = html.unescape(html.unescape(page))  # the dump escapes entities twice
     previous = None
     while previous != text:  # templates nest: strip the innermost until none is left
         previous, text = text, _TEMPLATE.sub(" ", text)
@@ -73,14 +70,26 @@ def lee_sentences() -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=None)
-def wiki_sentences() -> tuple[str, ...]:
+def _wiki_pages() -> tuple[str, ...]:
     with bz2.open(_data_file(WIKI_SAMPLE), "rt", encoding="utf-8") as f:
-        return tuple(_sentences(_wiki_text(f.read()), 3))
+        return tuple(re.findall(r"<text[^>]*>(.*?)</text>", f.read(), re.S))
+
+
+@functools.lru_cache(maxsize=None)
+def wiki_sentences(limit: int | None = None) -> tuple[str, ...]:
+    """Sentences of the Wikipedia sample, in page order; cleaning stops once `limit` are found (it is the slow part)."""
+    out: list[str] = []
+    for page in _wiki_pages():
+        out.extend(_sentences(_wiki_text(page), 3))
+        if limit is not None and len(out) >= limit:
+            return tuple(out[:limit])
+    return tuple(out)
 
 
 def english_sentences(n: int | None = None, *, offset: int = 0) -> list[str]:
     """`n` real sentences of mixed length, the two sources interleaved so any slice mixes news and encyclopedia."""
-    lee, wiki = lee_sentences(), wiki_sentences()
+    lee = lee_sentences()
+    wiki = wiki_sentences(None if n is None else max(0, offset + n - len(lee)) + (offset + n) // 2 + 1)
     mixed = [s for pair in zip(lee, wiki) for s in pair] + list(lee[len(wiki):]) + list(wiki[len(lee):])
     end = None if n is None else offset + n
     if end is not None and end > len(mixed):

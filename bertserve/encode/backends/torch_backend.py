@@ -16,6 +16,7 @@ def truncated(model, depth: int):
     layers = getattr(encoder, "layer", None)
     if not isinstance(layers, torch.nn.ModuleList) or depth >= len(layers):
         return model
+    _install_output_hooks(model)
     short_encoder = copy.copy(encoder)
     short_encoder._modules = dict(encoder._modules)
     short_encoder.layer = torch.nn.ModuleList(list(layers)[:depth])
@@ -23,6 +24,18 @@ def truncated(model, depth: int):
     short_model._modules = dict(model._modules)
     setattr(short_model, "encoder" if hasattr(model, "encoder") else "transformer", short_encoder)
     return short_model
+
+
+def _install_output_hooks(model) -> None:
+    """transformers >= 5 collects hidden states with forward hooks, installed lazily on the first call and marked
+    by a flag on the model object. A shallow copy made before that call would install a second set on the shared
+    layers, and every hidden state would then be recorded twice (shifting the indices): install them on the
+    original first, so copies inherit the flag."""
+    try:
+        from transformers.utils.output_capturing import maybe_install_capturing_hooks
+    except ImportError:  # transformers 4 returns hidden states without hooks
+        return
+    maybe_install_capturing_hooks(model)
 
 
 class TorchBackend:
