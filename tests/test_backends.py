@@ -108,7 +108,7 @@ def test_bf16_is_refused_clearly_without_native_support(tiny_zh):
         enc = Encoder(tiny_zh, backend="bf16")
         assert enc.backend.name == "bf16"
     else:
-        with pytest.raises(RuntimeError, match="native bfloat16"):
+        with pytest.raises(ValueError, match="native bfloat16"):
             Encoder(tiny_zh, backend="bf16")
 
 

@@ -14,7 +14,11 @@ CONCRETE = ("torch", "onnx", "onnx-int8", "bf16")
 BACKENDS = ("auto",) + CONCRETE
 EXACT = ("torch", "onnx")
 
-__all__ = ["BACKENDS", "CONCRETE", "EXACT", "QualityGate", "make_backend"]
+__all__ = ["BACKENDS", "CONCRETE", "EXACT", "BackendUnavailable", "QualityGate", "make_backend"]
+
+
+class BackendUnavailable(ValueError):
+    """The backend asked for cannot run on this machine (e.g. bf16 on a CPU without native bfloat16)."""
 
 
 def make_backend(name: str, checkpoint, hidden_indices: tuple[int, ...], need_pooler: bool, use_type_ids: bool,

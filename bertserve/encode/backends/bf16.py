@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from bertserve.encode.backends import BackendUnavailable
 from bertserve.encode.backends.torch_backend import TorchBackend
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -33,7 +34,7 @@ class Bf16Backend(TorchBackend):
 
     def __init__(self, *args, **kwargs):
         if not native_bf16():
-            raise RuntimeError("backend 'bf16' needs a CPU with native bfloat16 (AVX-512 BF16 or AMX: /proc/cpuinfo "
+            raise BackendUnavailable("backend 'bf16' needs a CPU with native bfloat16 (AVX-512 BF16 or AMX: /proc/cpuinfo "
                                f"flags {' or '.join(BF16_FLAGS)}); this CPU has neither. Use 'onnx' or 'torch'.")
         super().__init__(*args, **kwargs)
 

@@ -10,6 +10,7 @@ stays fp32; the rest is quantized dynamically, per channel.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 RECIPE = "dynamic-per-channel-ffn-out-fp32-v1"  # part of the cache key: a new recipe never reuses an old file
@@ -26,5 +27,9 @@ def quantize_int8(fp32_path: Path, out_path: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     graph = onnx.load(str(fp32_path), load_external_data=False).graph
-    quantize_dynamic(str(fp32_path), str(out_path), weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul"], nodes_to_exclude=_sensitive_nodes(graph))
+    logging.disable(logging.WARNING)  # the quantizer logs every node it skips, and advice, on the root logger
+    try:
+        quantize_dynamic(str(fp32_path), str(out_path), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul"], nodes_to_exclude=_sensitive_nodes(graph))
+    finally:
+        logging.disable(logging.NOTSET)
