@@ -134,11 +134,8 @@ def onnx_backend(variant: str, checkpoint, hidden_indices: tuple[int, ...], need
     from bertserve.encode.backends.quantize import RECIPE, quantize_int8
     from bertserve.encode.backends.torch_backend import TorchBackend
 
-    model_folder = Path(getattr(checkpoint.model, "name_or_path", "") or checkpoint.path)
-    if not model_folder.is_dir():
-        model_folder = Path(checkpoint.path)
     name, described = export_cache.entry_key(
-        "onnx", model=export_cache.model_content_hash(model_folder), hidden_indices=list(hidden_indices),
+        "onnx", model=export_cache.checkpoint_content_hash(checkpoint), hidden_indices=list(hidden_indices),
         pooler=need_pooler, type_ids=use_type_ids, variant=variant,
         quantization=RECIPE if variant == "onnx-int8" else None)
     folder = export_cache.entry_dir(name)

@@ -33,15 +33,11 @@ def candidates() -> list[str]:
 
 
 def _decision_entry(encoder, gate: QualityGate, sample_size: int):
-    ckpt, cfg = encoder.checkpoint, encoder.config
-    from pathlib import Path
-    folder = Path(getattr(ckpt.model, "name_or_path", "") or ckpt.path)
-    if not folder.is_dir():
-        folder = Path(ckpt.path)
+    cfg = encoder.config
     machine = {"cpu": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0)),
                "bf16": native_bf16(), "vnni": "avx512_vnni" in cpu_flags(), "threads": cfg.num_threads}
     return export_cache.entry_key(
-        "auto", model=export_cache.model_content_hash(folder), pooling=cfg.pooling, layers=list(cfg.layers),
+        "auto", model=export_cache.checkpoint_content_hash(encoder.checkpoint), pooling=cfg.pooling, layers=list(cfg.layers),
         max_seq_len=cfg.max_seq_len, normalize=cfg.normalize, mask_cls_sep=cfg.mask_cls_sep, gate=asdict(gate),
         sample=sample_size, candidates=candidates(), machine=machine, format=DECISION_FORMAT)
 
