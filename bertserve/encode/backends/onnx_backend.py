@@ -97,7 +97,6 @@ class OnnxBackend:
         return hidden, pooled
 
 
-VARIANTS = ("onnx", "onnx-int8")
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog near the river bank."
 PROBE_MIN_COSINE = {"onnx": 0.99999, "onnx-int8": 0.95}  # per token, against torch fp32
 
