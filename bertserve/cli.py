@@ -9,6 +9,9 @@ import sys
 # Modules exposing add_parser(subparsers); one line per concept.
 COMMAND_MODULES = [
     "bertserve.encode.cli",
+    "bertserve.models.google_bert",
+    "bertserve.search.cli",
+    "bertserve.serve.cli",
 ]
 
 

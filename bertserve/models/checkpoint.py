@@ -103,19 +103,17 @@ def load_checkpoint(model: str | Path | None = None) -> Checkpoint:
 
 
 def _is_tf_checkpoint(path: Path) -> bool:
-    try:
-        from bertserve.models import tf_checkpoint
-    except ImportError:
-        return (path / "bert_config.json").is_file() and not (path / "config.json").is_file()
-    return tf_checkpoint.is_tf_checkpoint(path)
+    from bertserve.models.google_bert import is_tf_checkpoint
+    return is_tf_checkpoint(path)
 
 
 def _load_tf_checkpoint(path: Path) -> Checkpoint:
+    """Google's TF layout is converted once into a cached HF folder, then loaded like any other."""
+    from bertserve.models import google_bert
     try:
-        from bertserve.models import tf_checkpoint
-    except ImportError as e:
-        raise CheckpointError(f"{path} is a Google TF checkpoint (bert_config.json); this build cannot read it") from e
-    hf_folder = tf_checkpoint.converted_folder(path)
+        hf_folder = google_bert.ensure_converted(path)
+    except (FileNotFoundError, CheckpointError) as e:
+        raise CheckpointError(f"cannot load Google TF checkpoint {path}: {e}") from e
     ckpt = _load_huggingface(hf_folder, fmt="tf-checkpoint")
     ckpt.path = path
     return ckpt

@@ -1,0 +1,167 @@
+"""`bertserve index`, `bertserve search` and `bertserve cluster`: collections from the command line."""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+from bertserve.encode.cli import add_encoder_arguments, encoder_config_from_args
+
+INDEX_BATCH = 256
+
+
+def read_records(path: str, fmt: str, id_field: str, text_field: str):
+    """Yield (id, text, metadata) from JSON lines, CSV or plain lines. Without an id field an item's
+    id is its record number, so re-running the same file resumes instead of duplicating."""
+    if fmt == "auto":
+        fmt = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}.get(Path(path).suffix.lower(), "lines")
+    with open(path, encoding="utf-8", newline="") as f:
+        if fmt == "lines":
+            for n, line in enumerate(f):
+                if line.strip():
+                    yield str(n), line.rstrip("\r\n"), {}
+            return
+        rows = csv.DictReader(f) if fmt == "csv" else (_json_line(line, n) for n, line in enumerate(f) if line.strip())
+        for n, row in enumerate(rows):
+            if text_field not in row or not isinstance(row[text_field], str):
+                raise ValueError(f"record {n + 1} of {path} has no text field {text_field!r}")
+            item_id = str(row[id_field]) if row.get(id_field) not in (None, "") else str(n)
+            meta = {k: v for k, v in row.items() if k not in (id_field, text_field)}
+            yield item_id, row[text_field], meta
+
+
+def _json_line(line: str, n: int) -> dict:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"line {n + 1} is not valid JSON: {exc}") from None
+    if not isinstance(row, dict):
+        raise ValueError(f"line {n + 1} is not a JSON object")
+    return row
+
+
+def _encoder(args, required: bool):
+    if not required and args.model is None:
+        return None  # an existing collection rebuilds the encoder it was made with
+    from bertserve.encode import Encoder
+    return Encoder(config=encoder_config_from_args(args))
+
+
+def run_index(args) -> int:
+    from tqdm import tqdm
+
+    from bertserve.search import Collection
+
+    path = Path(args.collection)
+    exists = (path / "collection.json").exists()
+    encoder = _encoder(args, required=not exists)
+    col = (Collection.open(path, encoder=encoder) if exists else
+           Collection.create(path, encoder=encoder, index=args.index, metric=args.metric))
+    total = sum(1 for _ in open(args.file, encoding="utf-8")) - (1 if args.file.endswith(".csv") else 0)
+    added = skipped = 0
+    with col, tqdm(total=total, unit="rec", disable=args.quiet, file=sys.stderr) as bar:
+        batch = []
+
+        def flush():
+            nonlocal added, skipped
+            present = col.has([b[0] for b in batch])
+            todo = [b for b, p in zip(batch, present) if not p]
+            skipped += len(batch) - len(todo)
+            if todo:
+                ids, texts, metas = (list(x) for x in zip(*todo))
+                col.add(texts=texts, ids=ids, metadata=metas)
+                added += len(todo)
+            bar.update(len(batch))
+            batch.clear()
+
+        for record in read_records(args.file, args.format, args.id_field, args.text_field):
+            batch.append(record)
+            if len(batch) >= args.batch:
+                flush()
+        if batch:
+            flush()
+        print(json.dumps({"added": added, "skipped_existing": skipped, **col.stats()}))
+    return 0
+
+
+def run_search(args) -> int:
+    from bertserve.search import Collection
+
+    filt = _json_arg(args.filter, "--filter")
+    params = _json_arg(args.params, "--params")
+    with Collection.open(args.collection, encoder=_encoder(args, required=False)) as col:
+        for hit in col.search(args.query, k=args.k, filter=filt, params=params):
+            print(json.dumps(hit._asdict(), ensure_ascii=False))
+    return 0
+
+
+def run_cluster(args) -> int:
+    import numpy as np
+
+    from bertserve.search import Collection
+
+    with Collection.open(args.collection) as col:
+        ids, result = col.kmeans(args.k, niter=args.niter, seed=args.seed)
+        # for each cluster, the items nearest its centroid, to show what it is about
+        sample = {}
+        for c in range(args.k):
+            members = np.flatnonzero(result.labels == c)
+            if len(members):
+                vecs = np.stack([it.vector for it in col.get([ids[i] for i in members])])
+                near = members[np.argsort(((vecs - result.centroids[c]) ** 2).sum(1))[:args.examples]]
+                sample[c] = [ids[i] for i in near]
+        if args.save_field:
+            for c in range(args.k):
+                chosen = [ids[i] for i in np.flatnonzero(result.labels == c)]
+                if chosen:
+                    metas = [{**it.metadata, args.save_field: c} for it in col.get(chosen)]
+                    col.update(chosen, metadata=metas)
+        texts = {it.id: it.text for it in col.get([i for v in sample.values() for i in v])}
+    for c in range(args.k):
+        examples = [{"id": i, "text": texts[i]} for i in sample.get(c, [])]
+        print(json.dumps({"cluster": c, "size": int((result.labels == c).sum()), "examples": examples},
+                         ensure_ascii=False))
+    return 0
+
+
+def _json_arg(value, flag):
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{flag} is not valid JSON: {exc}") from None
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("index", help="add a file of texts (JSON lines, CSV or plain lines) to a collection")
+    p.add_argument("file")
+    p.add_argument("--collection", "-c", required=True, help="collection folder (created when missing)")
+    p.add_argument("--format", choices=("auto", "jsonl", "csv", "lines"), default="auto")
+    p.add_argument("--id-field", default="id")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--index", default="auto", help="Faiss factory string or 'auto' (new collections)")
+    p.add_argument("--metric", choices=("cosine", "ip", "l2"), default="cosine")
+    p.add_argument("--batch", type=int, default=INDEX_BATCH, help="records per durable add")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_encoder_arguments(p)
+    p.set_defaults(func=run_index)
+
+    p = subparsers.add_parser("search", help="search a collection with a text query")
+    p.add_argument("collection")
+    p.add_argument("query")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--filter", help='metadata filter as JSON, e.g. \'{"year": {"$gte": 2018}}\'')
+    p.add_argument("--params", help='search parameters as JSON, e.g. \'{"nprobe": 16}\'')
+    add_encoder_arguments(p)
+    p.set_defaults(func=run_search)
+
+    p = subparsers.add_parser("cluster", help="k-means over a collection's vectors")
+    p.add_argument("collection")
+    p.add_argument("-k", type=int, required=True)
+    p.add_argument("--niter", type=int, default=20)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--examples", type=int, default=3, help="items shown per cluster")
+    p.add_argument("--save-field", help="write each item's cluster into this metadata field")
+    p.set_defaults(func=run_cluster)

@@ -1,0 +1,575 @@
+"""Collection: texts, vectors, user ids and metadata kept together in one folder that survives crashes.
+
+Folder layout (format version in collection.json):
+
+    collection.json     format version, dim, metric, index spec, default search params, encoder config
+    store.sqlite        items (the source of truth) + state, WAL journal with synchronous=FULL
+    index-<gen>.faiss   a snapshot of the Faiss index; its generation and sha256 live in store.sqlite
+    LOCK                held (flock) by the one process that has the collection open
+
+`add` commits to SQLite before it touches Faiss, so an acknowledged item is on disk. On open, items
+newer than the snapshot are added again and deletes since then re-applied; a missing or damaged
+snapshot is rebuilt from the stored vectors.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import threading
+import uuid
+from pathlib import Path
+from typing import NamedTuple
+
+import faiss
+import numpy as np
+
+from bertserve.search import spec as specs
+from bertserve.search.cluster import KMeansResult, fit_pca, kmeans
+from bertserve.search.embed import Embedder
+from bertserve.search.engine import VectorIndex, fsync_dir
+from bertserve.search.filters import compile_filter
+from bertserve.search.store import Store, dump_meta
+
+log = logging.getLogger("bertserve.search")
+
+FORMAT_VERSION = 1
+CONFIG = "collection.json"
+# Save the index snapshot once this share of it is newer than the file (replayed on open otherwise).
+SAVE_FRACTION = 0.2
+SAVE_MIN = 20_000
+# Training sample cap; Faiss subsamples further per centroid with its own fixed seed.
+TRAIN_MAX = 1_000_000
+# `auto` tunes its search parameter on this many stored vectors to reach this recall@10.
+CALIBRATE_QUERIES = 200
+CALIBRATE_K = 10
+CALIBRATE_RECALL = 0.95
+
+
+class Hit(NamedTuple):
+    id: str
+    score: float
+    text: str | None
+    metadata: dict | None
+
+
+class Item(NamedTuple):
+    id: str
+    text: str | None
+    metadata: dict
+    vector: np.ndarray
+
+
+class Collection:
+    """Open with `Collection.create(path, ...)` or `Collection.open(path)`; not via the constructor."""
+
+    def __init__(self, path: Path, config: dict, encoder=None):
+        self.path = path
+        self.config = config
+        self.dim: int = config["dim"]
+        self.spec = specs.IndexSpec(config["index"], config["metric"], config.get("params") or {},
+                                    config.get("memory_budget"))
+        self.embedder = Embedder(encoder, config.get("encoder"))
+        self._lock = threading.RLock()
+        self._lockfile = _lock_folder(path)
+        try:
+            self.store = Store(path / "store.sqlite", self.dim)
+            self._names = _Names(self.store.id_map())
+            self._auto_params = self.store.state("auto_params", {}) if self.spec.factory == "auto" else {}
+            self._unsaved = 0
+            self.vindex = self._load_index()
+            self._after_change()
+        except BaseException:
+            os.close(self._lockfile)
+            raise
+
+    # ---- creating and opening ----------------------------------------------------------------------
+    @classmethod
+    def create(cls, path, encoder=None, dim: int | None = None, index: str = "auto", metric: str = "cosine",
+               params: dict | None = None, memory_budget: int | None = None) -> "Collection":
+        path = Path(path)
+        if (path / CONFIG).exists():
+            raise FileExistsError(f"a collection already exists at {path}")
+        spec = specs.IndexSpec(index, metric, params or {}, memory_budget)
+        embedder = Embedder(encoder, None)
+        if dim is None:
+            if encoder is None:
+                raise ValueError("give an encoder or dim= to create a collection")
+            dim = embedder.dim()
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        if spec.factory != "auto":
+            specs.build_index(spec.factory, dim, metric)  # fail now on a bad factory string
+        config = {"format_version": FORMAT_VERSION, "dim": dim, "metric": metric, "index": spec.factory,
+                  "params": spec.params, "memory_budget": memory_budget, "encoder": embedder.config()}
+        path.mkdir(parents=True, exist_ok=True)
+        tmp = path / (CONFIG + ".tmp")
+        tmp.write_text(json.dumps(config, indent=2))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path / CONFIG)
+        fsync_dir(path)
+        return cls(path, config, encoder)
+
+    @classmethod
+    def open(cls, path, encoder=None) -> "Collection":
+        path = Path(path)
+        try:
+            config = json.loads((path / CONFIG).read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no collection at {path}") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path / CONFIG} is not valid JSON: {exc}") from None
+        version = config.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"collection {path} has format version {version}; this bertserve reads {FORMAT_VERSION}")
+        if not (path / "store.sqlite").exists():
+            # never silently start an empty store under an existing collection
+            raise FileNotFoundError(f"collection {path} has lost its store.sqlite (its items); restore it from a backup")
+        return cls(path, config, encoder)
+
+    def close(self):
+        with self._lock:
+            if self.store is None:
+                return
+            if self._unsaved:
+                self._save_index()
+            self.store.close()
+            self.store = None
+            os.close(self._lockfile)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- writing -----------------------------------------------------------------------------------
+    def add(self, texts=None, ids=None, metadata=None, vectors=None) -> list[str]:
+        """Add items; durable once this returns. Returns their ids (generated when not given)."""
+        n = _count(texts, vectors)
+        texts = _check_texts(texts, n)
+        ids = _check_ids(ids, n) if ids is not None else [uuid.uuid4().hex for _ in range(n)]
+        metas = _check_metadata(metadata, n)
+        vectors = self._vectors_for(texts, vectors)
+        with self._lock:
+            self._check_open()
+            iids = self.store.add(ids, texts if texts is not None else [None] * n, metas, vectors)
+            self._names.add(iids, ids)
+            self.vindex.add(iids, vectors)
+            self._unsaved += n
+            self._after_change()
+        return ids
+
+    def delete(self, ids) -> int:
+        """Delete items by id; ids not in the collection are ignored. Returns how many were deleted."""
+        ids = _check_ids(ids, None)
+        with self._lock:
+            self._check_open()
+            iids = self.store.delete(ids)
+            self._names.remove(iids)
+            self.vindex.remove(iids)
+            self._unsaved += len(iids)
+            self._after_change()
+        return len(iids)
+
+    def update(self, ids, texts=None, vectors=None, metadata=None) -> None:
+        """Replace texts/vectors and/or metadata of existing items (all ids must exist).
+
+        Metadata alone is updated in place; a new text or vector re-inserts the item under the same id.
+        """
+        ids = _check_ids(ids, None)
+        with self._lock:
+            self._check_open()
+            missing = sorted(set(ids) - set(self.store.existing(ids)))
+            if missing:
+                raise KeyError(f"ids not in the collection: {missing[:10]}")
+            if texts is None and vectors is None:
+                if metadata is None:
+                    raise ValueError("update needs texts, vectors or metadata")
+                self.store.set_meta(ids, _check_metadata(metadata, len(ids)))
+                return
+            n = len(ids)
+            new_texts = _check_texts(texts, n)
+            vectors = self._vectors_for(new_texts, vectors)
+            old = {row[0]: row for row in self.store.rows(self.store.iids_of(ids)).values()}
+            if new_texts is None:
+                new_texts = [old[i][1] for i in ids]
+            metas = _check_metadata(metadata if metadata is not None else [old[i][2] for i in ids], n)
+            with self.store.transaction():  # delete + insert commit together
+                old_iids = self.store.delete(ids)
+                new_iids = self.store.add(ids, new_texts, metas, vectors)
+            self._names.remove(old_iids)
+            self._names.add(new_iids, ids)
+            self.vindex.remove(old_iids)
+            self.vindex.add(new_iids, vectors)
+            self._unsaved += 2 * n
+            self._after_change()
+
+    def compact(self) -> None:
+        """Rebuild the index from the stored vectors (drops masked deletes, retrains) and save it."""
+        with self._lock:
+            self._check_open()
+            self._rebuild(self._target_factory(len(self)), force=True)
+
+    def flush(self) -> None:
+        """Save the index snapshot now (items are always durable; this only shortens the next open)."""
+        with self._lock:
+            self._check_open()
+            self._save_index()
+
+    # ---- reading -----------------------------------------------------------------------------------
+    def search(self, query, k: int = 10, filter: dict | None = None, params: dict | None = None,
+               include_text: bool = True, include_metadata: bool = True):
+        """Nearest items to a text, a vector, or a batch of either.
+
+        One query gives a list of Hit(id, score, text, metadata); a batch gives a list of such lists.
+        Scores are cosine similarity (metric cosine), inner product (ip) or squared L2 distance (l2).
+        """
+        single, scores, iids = self._search(query, k, filter, params)
+        with self._lock:
+            rows = None
+            if include_text or include_metadata:
+                rows = self.store.rows(np.unique(iids[iids >= 0]))
+            out = [self._hits(s, i, rows, include_text, include_metadata) for s, i in zip(scores, iids)]
+        return out[0] if single else out
+
+    def search_arrays(self, query, k: int = 10, filter: dict | None = None, params: dict | None = None):
+        """Like `search` but as arrays for bulk work: (scores (nq, k) float32, ids (nq, k) object array
+        with None where fewer than k items qualified); no per-hit Python objects."""
+        single, scores, iids = self._search(query, k, filter, params)
+        with self._lock:
+            ids = self._names.lookup(iids)
+        return (scores[0], ids[0]) if single else (scores, ids)
+
+    def _search(self, query, k, filter, params) -> tuple[bool, np.ndarray, np.ndarray]:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        single, queries = self._queries(query)
+        merged = {**self._auto_params, **self.spec.params, **specs.check_params(params)}
+        where = compile_filter(filter) if filter is not None else None
+        with self._lock:
+            self._check_open()
+            allowed = self.store.matching(*where) if where is not None else None
+            if self.vindex.live == 0 or (allowed is not None and len(allowed) == 0):
+                scores = np.full((len(queries), k), np.nan, np.float32)
+                iids = np.full((len(queries), k), -1, np.int64)
+            else:
+                scores, iids = self.vindex.search(queries, int(k), merged, allowed, self._exact)
+        return single, scores, iids
+
+    def _hits(self, scores, iids, rows, with_text, with_meta) -> list[Hit]:
+        pairs = [(s, i) for s, i in zip(scores.tolist(), iids.tolist()) if i >= 0]
+        if rows is None:
+            names = self._names.names
+            return [Hit(names[i], s, None, None) for s, i in pairs]
+        return [Hit(rows[i][0], s, rows[i][1] if with_text else None, rows[i][2] if with_meta else None)
+                for s, i in pairs]
+
+    def _exact(self, queries: np.ndarray, k: int, allowed: np.ndarray | None):
+        """Exact top-k over the stored vectors (all, or the allowed internal ids)."""
+        iids, vecs = self.store.vectors(allowed)
+        flat = faiss.IndexFlat(self.dim, specs.METRICS[self.spec.metric])
+        flat.add(vecs)
+        scores, pos = flat.search(queries, min(k, len(iids)))
+        found = np.where(pos >= 0, iids[np.maximum(pos, 0)], -1)
+        pad = k - found.shape[1]
+        if pad:
+            found = np.pad(found, ((0, 0), (0, pad)), constant_values=-1)
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=np.nan)
+        return scores, found
+
+    def get(self, ids) -> list[Item | None]:
+        """Items for the given ids, in order; None where an id is not in the collection."""
+        ids = _check_ids(ids, None, unique=False)
+        with self._lock:
+            self._check_open()
+            rows = self.store.rows(self.store.iids_of(ids), with_vectors=True)
+        by_id = {r[0]: Item(*r) for r in rows.values()}
+        return [by_id.get(i) for i in ids]
+
+    def __len__(self) -> int:
+        return self._names.count
+
+    def __contains__(self, item_id) -> bool:
+        return self.has([item_id])[0]
+
+    def has(self, ids) -> list[bool]:
+        """Whether each id is in the collection (a resumed ingest skips those that are)."""
+        ids = _check_ids(ids, None, unique=False)
+        with self._lock:
+            self._check_open()
+            present = set(self.store.existing(ids))
+        return [i in present for i in ids]
+
+    def ids(self, offset: int = 0, limit: int = 100) -> list[str]:
+        with self._lock:
+            return self.store.ids_page(offset, limit)
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"name": self.path.name, "count": len(self), "dim": self.dim, "metric": self.spec.metric,
+                    "index": self.spec.factory, "built_index": self.vindex.factory,
+                    "trained": bool(self.vindex.index.is_trained), "masked_deletes": int(len(self.vindex.masked)),
+                    "params": self.spec.params, "auto_params": self._auto_params, "format_version": FORMAT_VERSION}
+
+    # ---- clustering and reduction ----------------------------------------------------------------------
+    def kmeans(self, k: int, niter: int = 20, seed: int = 1234) -> tuple[list[str], KMeansResult]:
+        """faiss.Kmeans over every stored vector (spherical for cosine collections): (ids, result)."""
+        with self._lock:
+            self._check_open()
+            iids, vecs = self.store.vectors()
+            ids = self._names.lookup(iids).tolist()
+        return ids, kmeans(vecs, k, niter=niter, seed=seed, spherical=self.spec.metric == "cosine")
+
+    def pca(self, d_out: int) -> faiss.PCAMatrix:
+        """A PCA reduction to d_out dimensions trained on the stored vectors; `.apply(X)` reduces."""
+        with self._lock:
+            self._check_open()
+            _, vecs = self.store.vectors()
+        return fit_pca(vecs, d_out)
+
+    # ---- internals -----------------------------------------------------------------------------------
+    def _check_open(self):
+        if self.store is None:
+            raise ValueError(f"collection {self.path} is closed")
+
+    def _queries(self, query) -> tuple[bool, np.ndarray]:
+        if isinstance(query, str):
+            return True, self._vectors_for([query], None)
+        if isinstance(query, (list, tuple)) and query and all(isinstance(q, str) for q in query):
+            return False, self._vectors_for(list(query), None)
+        arr = np.asarray(query) if not isinstance(query, np.ndarray) else query
+        if arr.ndim == 1:
+            return True, self._check_vectors(arr[None, :])
+        if arr.ndim == 2 and len(arr):
+            return False, self._check_vectors(arr)
+        raise ValueError("query must be a text, a list of texts, a vector or a 2-D array of vectors")
+
+    def _vectors_for(self, texts, vectors) -> np.ndarray:
+        if vectors is not None:
+            return self._check_vectors(vectors)
+        if texts is None:
+            raise ValueError("give texts or vectors")
+        return self._check_vectors(self.embedder.embed(texts))
+
+    def _check_vectors(self, vectors) -> np.ndarray:
+        try:
+            arr = np.asarray(vectors, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ValueError("vectors must be numeric arrays") from None
+        if arr.ndim != 2 or arr.shape[1] != self.dim:
+            raise ValueError(f"vectors must have shape (n, {self.dim}), got {arr.shape}")
+        bad = ~np.isfinite(arr).all(axis=1)
+        if bad.any():
+            raise ValueError(f"vectors contain NaN or inf (rows {np.flatnonzero(bad)[:10].tolist()})")
+        arr = np.ascontiguousarray(arr)
+        if self.spec.metric == "cosine":
+            norms = np.linalg.norm(arr, axis=1, keepdims=True)
+            if (norms == 0).any():
+                raise ValueError(f"zero vectors have no cosine (rows {np.flatnonzero(norms[:, 0] == 0)[:10].tolist()})")
+            arr = arr / norms
+        return arr
+
+    def _target_factory(self, n: int) -> str:
+        if self.spec.factory != "auto":
+            return self.spec.factory
+        return specs.auto_factory(n, self.dim, self.spec.memory_budget)
+
+    def _after_change(self):
+        n = len(self)
+        target = self._target_factory(n)
+        if target != self.vindex.factory and self._should_switch(target, n):
+            self._rebuild(target)
+        elif self._unsaved >= max(SAVE_MIN, SAVE_FRACTION * self.vindex.ntotal):
+            self._save_index()
+
+    def _should_switch(self, target: str, n: int) -> bool:
+        if n < specs.train_size(specs.build_index(target, self.dim, self.spec.metric), self.dim):
+            return False  # keep searching exactly until there is enough to train on
+        if self.spec.factory != "auto":
+            return True
+        current = specs.factory_tier(self.vindex.factory)
+        if specs.factory_tier(target) != current:
+            return specs.factory_tier(target) > current
+        # same tier: an IVF index is retrained once the collection has grown 4x past its training size
+        return n >= 4 * self.store.state("trained_on", n)
+
+    def _rebuild(self, factory: str, force: bool = False):
+        iids, vecs = self.store.vectors()
+        empty = specs.build_index(factory, self.dim, self.spec.metric)
+        trainable = len(iids) >= specs.train_size(empty, self.dim, minimum=force)
+        if not trainable:
+            if not force:
+                return
+            factory = "Flat"  # not enough vectors to train yet: exact search until there are
+        log.info("building %s index over %d vectors in %s", factory, len(iids), self.path)
+        sample = vecs
+        if len(vecs) > TRAIN_MAX:
+            pick = np.sort(np.random.default_rng(1234).choice(len(vecs), TRAIN_MAX, replace=False))
+            sample = vecs[pick]
+        vi = VectorIndex(factory, self.dim, self.spec.metric)
+        if not vi.index.is_trained:
+            vi.index.train(sample)
+        vi.add(iids, vecs)
+        self.vindex = vi
+        if self.spec.factory == "auto":
+            self._auto_params = calibrate(vi, iids, vecs, self.spec.metric)
+            log.info("auto search parameters for %s: %s", factory, self._auto_params)
+        self.store.set_state(trained_on=len(iids), auto_params=self._auto_params)
+        self._save_index()
+
+    def _save_index(self):
+        gen = self.store.state("index_gen", 0) + 1
+        path = self.path / f"index-{gen}.faiss"
+        sha = self.vindex.save(path)
+        covered = self.store.state("next_iid", 0) - 1
+        with self.store.transaction():
+            self.store.set_state(index_gen=gen, index_sha256=sha, index_factory=self.vindex.factory,
+                                 index_covers=covered)
+            self.store.clear_tombstones(self.vindex.masked)
+        for old in self.path.glob("index-*.faiss"):
+            if old != path:
+                old.unlink(missing_ok=True)
+        self._unsaved = 0
+
+    def _load_index(self) -> VectorIndex:
+        gen = self.store.state("index_gen")
+        factory = self.store.state("index_factory", "Flat")
+        if gen is None:
+            return self._fresh_index()
+        path = self.path / f"index-{gen}.faiss"
+        try:
+            vi = VectorIndex.load(path, self.store.state("index_sha256"), factory, self.dim, self.spec.metric)
+        except (OSError, ValueError, RuntimeError) as exc:
+            log.warning("index file of %s is missing or damaged (%s); rebuilding it from the stored vectors",
+                        self.path, exc)
+            self._rebuild(factory, force=True)
+            return self.vindex
+        # replay what happened after the snapshot: deletes (tombstones) and newer items
+        vi.remove(self.store.tombstones())
+        newer_iids, newer = self.store.vectors(after=self.store.state("index_covers", -1))
+        vi.add(newer_iids, newer)
+        self._unsaved = len(newer_iids)
+        return vi
+
+    def _fresh_index(self) -> VectorIndex:
+        iids, vecs = self.store.vectors()
+        vi = VectorIndex("Flat", self.dim, self.spec.metric)
+        vi.add(iids, vecs)
+        self._unsaved = len(iids)
+        return vi
+
+
+class _Names:
+    """User id of each live internal id, as an object array indexed by internal id (vectorized lookup)."""
+
+    def __init__(self, mapping: dict[int, str]):
+        self.names = np.full(max(mapping, default=-1) + 1, None, dtype=object)
+        for iid, name in mapping.items():
+            self.names[iid] = name
+        self.count = len(mapping)
+
+    def add(self, iids: np.ndarray, ids: list[str]):
+        if len(iids) and iids[-1] >= len(self.names):
+            grown = np.full(max(int(iids[-1]) + 1, 2 * len(self.names)), None, dtype=object)
+            grown[:len(self.names)] = self.names
+            self.names = grown
+        self.names[iids] = ids
+        self.count += len(iids)
+
+    def remove(self, iids: np.ndarray):
+        self.names[iids] = None
+        self.count -= len(iids)
+
+    def lookup(self, iids: np.ndarray) -> np.ndarray:
+        """User ids for internal ids; None for -1 (no hit)."""
+        out = self.names[np.maximum(iids, 0)] if len(self.names) else np.full(iids.shape, None, dtype=object)
+        out[iids < 0] = None
+        return out
+
+
+def calibrate(vindex: VectorIndex, iids: np.ndarray, vectors: np.ndarray, metric: str) -> dict:
+    """Pick the cheapest search setting of an `auto` index that reaches CALIBRATE_RECALL recall@10.
+
+    Stored vectors serve as queries (each one's own hit left out of both answers), measured against
+    an exact scan; an honest estimate because the query distribution is the collection's own.
+    """
+    factory = vindex.factory
+    params = specs.auto_params(factory)
+    knob = "efSearch" if factory.startswith("HNSW") else "nprobe" if "IVF" in factory else None
+    if knob is None or len(iids) <= CALIBRATE_K + 1:
+        return params
+    pick = np.random.default_rng(0).choice(len(iids), min(CALIBRATE_QUERIES, len(iids)), replace=False)
+    queries = vectors[pick]
+    flat = faiss.IndexFlat(vectors.shape[1], specs.METRICS[metric])
+    flat.add(vectors)
+    truth = iids[flat.search(queries, CALIBRATE_K + 1)[1]]
+
+    def exact(q, k, allowed):
+        scores, pos = flat.search(q, k)
+        return scores, np.where(pos >= 0, iids[np.maximum(pos, 0)], -1)
+
+    for value in specs.CALIBRATE_STEPS[knob]:
+        params[knob] = value
+        _, found = vindex.search(queries, CALIBRATE_K + 1, params, None, exact)
+        hits = [len((set(f) & set(t)) - {self_id}) / CALIBRATE_K
+                for f, t, self_id in zip(found.tolist(), truth.tolist(), iids[pick].tolist())]
+        if np.mean(hits) >= CALIBRATE_RECALL:
+            break
+    return params
+
+
+def _lock_folder(path: Path) -> int:
+    fd = os.open(path / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RuntimeError(f"collection {path} is already open (in this or another process)") from None
+    return fd
+
+
+def _count(texts, vectors) -> int:
+    if vectors is not None:
+        return len(vectors)
+    if texts is None:
+        raise ValueError("give texts or vectors")
+    return len(texts)
+
+
+def _check_texts(texts, n):
+    if texts is None:
+        return None
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise ValueError("texts must be a list of strings")
+    if len(texts) != n:
+        raise ValueError(f"got {len(texts)} texts for {n} vectors")
+    return list(texts)
+
+
+def _check_ids(ids, n, unique=True) -> list[str]:
+    if isinstance(ids, str) or not isinstance(ids, (list, tuple, np.ndarray)):
+        raise ValueError("ids must be a list of strings")
+    ids = list(ids)
+    if not all(isinstance(i, str) and i for i in ids):
+        raise ValueError("ids must be non-empty strings")
+    if n is not None and len(ids) != n:
+        raise ValueError(f"got {len(ids)} ids for {n} items")
+    if unique and len(set(ids)) != len(ids):
+        seen, dup = set(), []
+        for i in ids:
+            if i in seen:
+                dup.append(i)
+            seen.add(i)
+        raise ValueError(f"duplicate ids in one call: {sorted(set(dup))[:10]}")
+    return ids
+
+
+def _check_metadata(metadata, n) -> list[str]:
+    if metadata is None:
+        return ["{}"] * n
+    if isinstance(metadata, dict) or len(metadata) != n:
+        raise ValueError(f"metadata must be a list of {n} objects (one per item)")
+    return [dump_meta(m) for m in metadata]

@@ -1,0 +1,232 @@
+"""HTTP routes for collections under /collections: a translation of requests into Collection calls.
+
+Every error leaves as JSON `{"error": {"message", "type"}}` with a 4xx status, whatever app mounts the
+router (the route class converts exceptions itself). Query and document texts are embedded by the
+callable the server passes in, so they go through its batcher.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field
+
+from bertserve.search.collection import CONFIG, Collection
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+class CollectionError(Exception):
+    def __init__(self, status: int, kind: str, message: str):
+        super().__init__(message)
+        self.status, self.kind = status, kind
+
+
+def error_response(status: int, kind: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
+
+
+# exception class -> (HTTP status, error type); first match wins
+ERRORS = [
+    (FileNotFoundError, 404, "not_found"),
+    (KeyError, 404, "not_found"),
+    (FileExistsError, 409, "conflict"),
+    (RuntimeError, 409, "conflict"),
+    (ValueError, 400, "invalid_request"),
+    (TypeError, 400, "invalid_request"),
+]
+
+
+class JSONErrorRoute(APIRoute):
+    """Turns body-validation failures and Collection exceptions into the project's JSON errors."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def run(request: Request):
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                first = exc.errors()[0] if exc.errors() else {}
+                where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+                return error_response(400, "invalid_request", f"{where}: {first.get('msg', 'invalid body')}")
+            except CollectionError as exc:
+                return error_response(exc.status, exc.kind, str(exc))
+            except Exception as exc:
+                for cls, status, kind in ERRORS:
+                    if isinstance(exc, cls):
+                        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+                        return error_response(status, kind, str(message))
+                raise
+
+        return run
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CreateBody(Body):
+    name: str
+    dim: int | None = None
+    index: str = "auto"
+    metric: str = "cosine"
+    params: dict[str, Any] = Field(default_factory=dict)
+    memory_budget: int | None = None
+
+
+class ItemsBody(Body):
+    ids: list[str] | None = None
+    texts: list[str] | None = None
+    vectors: list[list[float]] | None = None
+    metadata: list[dict[str, Any]] | None = None
+
+
+class SearchBody(Body):
+    query: str | list[str] | None = None
+    vector: list[float] | list[list[float]] | None = None
+    k: int = 10
+    filter: dict[str, Any] | None = None
+    params: dict[str, Any] | None = None
+    include_text: bool = True
+    include_metadata: bool = True
+
+
+class IdsBody(Body):
+    ids: list[str]
+    include_vectors: bool = False
+
+
+class Registry:
+    """Open collections by name, confined to one data folder."""
+
+    def __init__(self, data_dir, embed):
+        self.root = Path(data_dir).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.embed = embed
+        self.open: dict[str, Collection] = {}
+        self.lock = threading.Lock()
+
+    def path(self, name: str) -> Path:
+        if not isinstance(name, str) or not NAME.fullmatch(name) or ".." in name:
+            raise CollectionError(400, "invalid_request",
+                                  f"invalid collection name {name!r}: use letters, digits, '.', '_' or '-' "
+                                  "(at most 100), starting with a letter or digit")
+        path = (self.root / name).resolve()
+        if path.parent != self.root:
+            raise CollectionError(400, "invalid_request", f"collection name {name!r} leaves the data folder")
+        return path
+
+    def get(self, name: str) -> Collection:
+        path = self.path(name)
+        with self.lock:
+            if name not in self.open:
+                if not (path / CONFIG).exists():
+                    raise CollectionError(404, "not_found", f"no collection named {name!r}")
+                self.open[name] = Collection.open(path, encoder=self.embed)
+            return self.open[name]
+
+    def create(self, body: CreateBody) -> Collection:
+        path = self.path(body.name)
+        with self.lock:
+            if (path / CONFIG).exists():
+                raise CollectionError(409, "conflict", f"collection {body.name!r} already exists")
+            if body.dim is None and self.embed is None:
+                raise CollectionError(400, "invalid_request", "give dim: this server has no encoder")
+            col = Collection.create(path, encoder=self.embed, dim=body.dim, index=body.index, metric=body.metric,
+                                    params=body.params, memory_budget=body.memory_budget)
+            self.open[body.name] = col
+            return col
+
+    def drop(self, name: str):
+        path = self.path(name)
+        col = self.get(name)
+        with self.lock:
+            col.close()
+            self.open.pop(name, None)
+            shutil.rmtree(path)
+
+    def names(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if (p / CONFIG).exists() and NAME.fullmatch(p.name))
+
+    def close(self):
+        with self.lock:
+            for col in self.open.values():
+                col.close()
+            self.open.clear()
+
+
+def _hit(h) -> dict:
+    return {"id": h.id, "score": h.score, "text": h.text, "metadata": h.metadata}
+
+
+def make_router(data_dir, encoder_or_embed_fn=None) -> APIRouter:
+    """Routes for collections stored under `data_dir`; texts are embedded with the given Encoder or
+    `embed(texts) -> ndarray` callable. `router.registry.close()` saves and closes them at shutdown."""
+    reg = Registry(data_dir, encoder_or_embed_fn)
+    router = APIRouter(prefix="/collections", route_class=JSONErrorRoute, tags=["collections"])
+    router.registry = reg
+
+    @router.post("", status_code=201)
+    def create(body: CreateBody):
+        return reg.create(body).stats()
+
+    @router.get("")
+    def list_collections():
+        return {"collections": [reg.get(name).stats() for name in reg.names()]}
+
+    @router.get("/{name}")
+    def stats(name: str):
+        return reg.get(name).stats()
+
+    @router.delete("/{name}")
+    def drop(name: str):
+        reg.drop(name)
+        return {"deleted": name}
+
+    @router.post("/{name}/add")
+    def add(name: str, body: ItemsBody):
+        ids = reg.get(name).add(texts=body.texts, ids=body.ids, metadata=body.metadata, vectors=body.vectors)
+        return {"ids": ids, "count": len(ids)}
+
+    @router.post("/{name}/update")
+    def update(name: str, body: ItemsBody):
+        if body.ids is None:
+            raise CollectionError(400, "invalid_request", "update needs ids")
+        reg.get(name).update(body.ids, texts=body.texts, vectors=body.vectors, metadata=body.metadata)
+        return {"updated": len(body.ids)}
+
+    @router.post("/{name}/search")
+    def search(name: str, body: SearchBody):
+        if (body.query is None) == (body.vector is None):
+            raise CollectionError(400, "invalid_request", "give exactly one of query (text) or vector")
+        query = body.query if body.query is not None else body.vector
+        if isinstance(query, list) and not query:
+            raise CollectionError(400, "invalid_request", "query list is empty")
+        hits = reg.get(name).search(query, k=body.k, filter=body.filter, params=body.params,
+                                    include_text=body.include_text, include_metadata=body.include_metadata)
+        batch = isinstance(query, list) and (body.query is not None or isinstance(query[0], list))
+        if batch:
+            return {"results": [[_hit(h) for h in row] for row in hits]}
+        return {"hits": [_hit(h) for h in hits]}
+
+    @router.post("/{name}/get")
+    def get(name: str, body: IdsBody):
+        items = reg.get(name).get(body.ids)
+        found = [{"id": it.id, "text": it.text, "metadata": it.metadata,
+                  **({"vector": it.vector.tolist()} if body.include_vectors else {})}
+                 for it in items if it is not None]
+        return {"items": found, "missing": [i for i, it in zip(body.ids, items) if it is None]}
+
+    @router.post("/{name}/delete")
+    def delete(name: str, body: IdsBody):
+        return {"deleted": reg.get(name).delete(body.ids)}
+
+    return router

@@ -1,0 +1,145 @@
+"""Server processes started from a config file, refusing work past the queue bound, and SIGTERM with
+requests in flight (every accepted request answered, sockets closed, exit code 0)."""
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+
+import httpx
+import numpy as np
+import pytest
+from bert_serving.client import BertClient
+
+from bertserve import Encoder
+from bertserve.client import Client
+from bertserve.serve.process import ServerProcess
+from serve_corpus import lee_sentences
+
+ATOL = 2e-5
+
+
+@pytest.mark.timeout(300)
+def test_sigterm_finishes_requests_in_flight_and_queue_refuses_past_its_bound(default_encoder):
+    corpus = lee_sentences()[:200]
+    reference = default_encoder.encode(corpus)
+    srv = ServerProcess("--max-queue-texts", "600", "--max-request-texts", "200", "--max-batch-tokens", "1024")
+    results, errors = {}, []
+
+    def over_http(k):
+        try:
+            r = httpx.post(f"{srv.url}/encode", json={"id": k, "texts": corpus}, timeout=240)
+            results[f"http{k}"] = (r.status_code, np.array(r.json()["result"]))
+        except Exception as e:
+            errors.append(repr(e))
+
+    def over_zmq():
+        try:
+            with BertClient(port=srv.port, port_out=srv.port_out, timeout=240000) as bc:
+                results["zmq"] = (200, bc.encode(corpus))
+        except Exception as e:
+            errors.append(repr(e))
+
+    try:
+        threads = [threading.Thread(target=over_http, args=(k,)) for k in range(2)]
+        threads.append(threading.Thread(target=over_zmq))
+        for t in threads:
+            t.start()
+        status = httpx.Client(base_url=srv.url, timeout=30)
+        deadline = time.monotonic() + 60
+        while status.get("/status").json()["queue_depth"] <= 400:  # all three requests accepted
+            assert time.monotonic() < deadline and not errors, errors
+            time.sleep(0.01)
+        # past the bound: refused at once over both protocols, nothing queued
+        refused = status.post("/encode", json={"texts": corpus})
+        assert refused.status_code == 429 and refused.json()["error"]["type"] == "rate_limit_error"
+        assert refused.headers["retry-after"] == "1"
+        with BertClient(port=srv.port, port_out=srv.port_out, timeout=30000) as bc:
+            with pytest.raises(TypeError, match="queue is full"):
+                bc.encode(corpus)
+        status.close()
+
+        srv.signal()
+        assert srv.wait(120) == 0, srv.log_text()[-3000:]
+        for t in threads:
+            t.join(60)
+        assert not errors
+        assert sorted(results) == ["http0", "http1", "zmq"]
+        for code, vectors in results.values():
+            assert code == 200
+            np.testing.assert_allclose(vectors, reference, atol=ATOL)
+        log = srv.log_text()
+        assert "finishing requests in flight" in log and "all requests answered" in log
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{srv.url}/health", timeout=5)
+    finally:
+        srv.stop(kill=True)
+
+
+@pytest.mark.timeout(180)
+def test_config_file_with_token_vectors_and_two_workers(tmp_path, tiny_chinese_bert):
+    """pooling NONE (one vector per token) over ZeroMQ and HTTP, from a TOML file, with 2 worker threads."""
+    config = tmp_path / "serve.toml"
+    config.write_text(f'[serve]\nmodel = "{tiny_chinese_bert}"\npooling = "NONE"\nmax_seq_len = 16\n'
+                      'num_worker = 2\nmax_batch_tokens = 64\n')
+    srv = ServerProcess("--config", str(config))
+    try:
+        texts = ["我爱北京天安门", "今天天气很好", "短", "天安门上太阳升，伟大领袖毛主席"]
+        want = Encoder(str(tiny_chinese_bert), pooling="NONE", max_seq_len=16).encode(texts)
+        assert want.shape == (4, 16, 32)
+        with BertClient(port=srv.port, port_out=srv.port_out, timeout=30000) as bc:
+            cfg = bc.server_config
+            assert cfg["pooling_strategy"] == "NONE" and cfg["num_worker"] == 2 and cfg["max_seq_len"] == 16
+            np.testing.assert_allclose(bc.encode(texts), want, atol=1e-5)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                only_vectors = bc.encode(texts[:1], show_tokens=True)  # tokens not offered: client warns
+            assert isinstance(only_vectors, np.ndarray) and any("show_tokens" in str(w.message) for w in caught)
+        with Client(srv.url, chunk_size=3) as c:
+            np.testing.assert_allclose(c.encode(texts), want, atol=1e-5)
+        r = httpx.post(f"{srv.url}/v1/embeddings", json={"input": texts})
+        assert r.status_code == 400 and "pools per token" in r.json()["error"]["message"]
+        r = httpx.post(f"{srv.url}/encode", json={"texts": texts[:1], "show_tokens": True})
+        assert r.status_code == 400 and "--show-tokens-to-client" in r.json()["error"]["message"]
+    finally:
+        assert srv.stop() == 0
+
+
+@pytest.mark.timeout(180)
+def test_search_collections_mounted_and_embedded_through_the_batcher(tmp_path, default_encoder):
+    pytest.importorskip("bertserve.search.routes", reason="search (issue 5) not merged into this checkout yet")
+    srv = ServerProcess("--data-dir", str(tmp_path / "collections"), "--api-key", "k")
+    auth = {"Authorization": "Bearer k"}
+    docs = ["The cat sat on the mat.", "Stock markets fell sharply today.", "A kitten is sleeping on a rug."]
+    try:
+        with httpx.Client(base_url=srv.url, headers=auth, timeout=60) as h:
+            assert httpx.post(f"{srv.url}/collections", json={"name": "docs"}).status_code == 401
+            assert h.post("/collections", json={"name": "docs"}).status_code == 201
+            assert h.post("/collections/docs/add", json={"texts": docs, "ids": ["a", "b", "c"]}).status_code == 200
+            hits = h.post("/collections/docs/search", json={"query": "a cat on a mat", "k": 3}).json()["hits"]
+            assert hits[0]["id"] == "a"
+            want = default_encoder.encode(["a cat on a mat"]) @ default_encoder.encode(docs).T
+            np.testing.assert_allclose(sorted([x["score"] for x in hits], reverse=True),
+                                       sorted(want[0], reverse=True), atol=1e-4)
+            status = h.get("/status").json()
+            assert status["num_total_seq"] >= 4  # documents and query went through the batcher
+    finally:
+        assert srv.stop() == 0
+    assert (tmp_path / "collections" / "docs").is_dir()
+
+
+@pytest.mark.timeout(120)
+def test_port_in_use_is_a_clear_error():
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = subprocess.run([sys.executable, "-m", "bertserve.cli", "serve", "--port", str(port),
+                              "--port-out", "0", "--http-port", "0"], capture_output=True, text=True, timeout=110)
+    assert run.returncode == 1
+    assert "bertserve serve: error: Address already in use" in run.stderr
+    assert "Traceback" not in run.stderr
