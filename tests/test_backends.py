@@ -164,7 +164,7 @@ def test_content_hash_is_remembered_by_path_size_and_mtime(tmp_path, chinese_voc
 
 
 def test_auto_picks_a_backend_that_passes_the_gate_and_remembers_it(tiny_english_bert):
-    enc = Encoder(tiny_english_bert, auto_sample=60)
+    enc = Encoder(tiny_english_bert, backend="auto", auto_sample=60)
     choice = enc.backend_choice
     assert enc.config.backend == "auto" and enc.backend.name == choice["backend"]
     assert choice["candidates"][choice["backend"]]["passed"]
@@ -174,14 +174,14 @@ def test_auto_picks_a_backend_that_passes_the_gate_and_remembers_it(tiny_english
     want = Encoder(tiny_english_bert, backend="torch").encode(EN)
     q = measure_quality(want, enc.encode(EN))
     assert q.mean_cosine >= 0.995 and q.min_cosine >= 0.98
-    again = Encoder(tiny_english_bert, auto_sample=60)
+    again = Encoder(tiny_english_bert, backend="auto", auto_sample=60)
     assert again.backend_choice == choice  # read back from the cache, not measured again
     assert again.info()["backend"] == choice["backend"]
 
 
 def test_auto_falls_back_to_an_exact_backend_when_fast_ones_fail_the_gate(tiny_english_bert):
     impossible = QualityGate(mean_cosine=1.0, min_cosine=1.0, top10_overlap=1.0)  # only torch itself reaches it
-    enc = Encoder(tiny_english_bert, auto_sample=60, auto_gate=impossible, pooling="CLS_TOKEN")
+    enc = Encoder(tiny_english_bert, backend="auto", auto_sample=60, auto_gate=impossible, pooling="CLS_TOKEN")
     choice = enc.backend_choice
     assert choice["fallback_to_exact"] is True
     assert enc.backend.name in ("torch", "onnx")
@@ -190,14 +190,18 @@ def test_auto_falls_back_to_an_exact_backend_when_fast_ones_fail_the_gate(tiny_e
     assert row_cosines(enc.encode(EN), want).min() >= EXACT_MIN_COSINE
 
 
-def test_default_backend_is_auto_and_bad_choices_are_refused(tiny_english_bert):
+def test_default_backend_is_auto_and_bad_choices_are_refused(tiny_english_bert, monkeypatch):
     from bertserve.encode.config import EncoderConfig
 
+    monkeypatch.delenv("BERTSERVE_BACKEND")
     assert EncoderConfig().backend == "auto"
+    monkeypatch.setenv("BERTSERVE_BACKEND", "onnx")
+    assert EncoderConfig().backend == "onnx" and Encoder(tiny_english_bert).backend.name == "onnx"
+    assert EncoderConfig(backend="torch").backend == "torch"
     with pytest.raises(ValueError, match="onnx-int8"):
         Encoder(tiny_english_bert, backend="tensorrt")
     with pytest.raises(ValueError, match="auto_sample"):
-        Encoder(tiny_english_bert, auto_sample=3)
+        Encoder(tiny_english_bert, backend="auto", auto_sample=3)
     with pytest.raises(ValueError, match="auto_gate"):
         Encoder(tiny_english_bert, auto_gate=0.99)
     cfg = EncoderConfig.from_dict({"backend": "auto", "auto_gate": {"mean_cosine": 0.9}})
