@@ -48,11 +48,8 @@ def read_json(path: Path) -> dict | None:
 
 
 def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()  # streams: a large model is never held in memory
 
 
 def file_hash(path: Path) -> str:
