@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-RECIPE = "dynamic-per-channel-ffn-out-fp32-v1"  # part of the cache key: a new recipe never reuses an old file
+RECIPE = "dynamic-per-channel-ffn-out-fp32-v2"  # part of the cache key: a new recipe never reuses an old file
 
 
 def _sensitive_nodes(graph) -> list[str]:
-    """MatMuls of the FFN output projection (`.../output/dense/MatMul`, not the attention's output)."""
-    return [n.name for n in graph.node
-            if n.op_type == "MatMul" and "/output/dense" in n.name and "attention" not in n.name]
+    """MatMuls of the FFN output projection: BERT/RoBERTa `.../output/dense` (not the attention's output),
+    DistilBERT `.../ffn/lin2`."""
+    return [n.name for n in graph.node if n.op_type == "MatMul"
+            and (("/output/dense" in n.name and "attention" not in n.name) or "/ffn/lin2/" in n.name)]
 
 
 def quantize_int8(fp32_path: Path, out_path: Path) -> None:
