@@ -16,6 +16,7 @@ from dataclasses import asdict
 from bertserve.encode.backends import EXACT, make_backend
 from bertserve.encode.backends import export_cache
 from bertserve.encode.backends.bf16 import cpu_flags, native_bf16
+from bertserve.encode.backends.machine_load import Meter
 from bertserve.encode.backends.quality import QualityGate, measure_quality
 from bertserve.encode.backends.sample import SampleUnavailable, english_sentences
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 SAMPLE_OFFSET = 400  # the first sentences calibrate nothing today, but stay clear of them for future recipes
 ROUNDS = 2
 DECISION_FORMAT = 1
+DISTURBED_CORES = 0.25  # other processes' average load during the timing above which the decision is flagged
 
 
 def candidates() -> list[str]:
@@ -91,7 +93,9 @@ def choose_backend(encoder, gate: QualityGate, sample_size: int):
         log.warning("auto: %s; using the exact torch backend", e)
         return _build(encoder, "torch"), {"backend": "torch", "reason": str(e)}
     items = encoder.tokenize(texts)
-    measured = _measure(encoder, items, candidates())
+    with Meter() as load:
+        measured = _measure(encoder, items, candidates())
+    others = load.sample.others_cpu / max(load.sample.wall, 1e-9)
     results, vectors = measured["results"], measured["vectors"]
     reference = vectors["torch"]
     for cand, vecs in vectors.items():
@@ -102,7 +106,12 @@ def choose_backend(encoder, gate: QualityGate, sample_size: int):
     fallback = not any(c not in EXACT for c in passing)
     pool = [c for c in timed if c in EXACT and results[c]["passed"]] if fallback else passing
     chosen = min(pool or ["torch"], key=lambda c: results.get(c, {}).get("seconds", float("inf")))
+    if others > DISTURBED_CORES:
+        log.warning("auto: other processes kept %.2f cores busy while backends were timed, so the choice of %s may "
+                    "not be the fastest on a quiet machine; delete %s to measure again, or force a backend",
+                    others, chosen, decision_file.parent)
     record = {"entry": described, "backend": chosen, "fallback_to_exact": fallback, "sentences": len(items),
+              "others_cores": round(others, 3),
               "candidates": results, "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     export_cache.write_json(decision_file, record)
     log.info("auto: chose %s for %s (%s)", chosen, encoder.checkpoint.path,

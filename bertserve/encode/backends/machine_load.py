@@ -1,4 +1,5 @@
-"""CPU time this process and everything else on the machine used, so a disturbed benchmark round shows itself."""
+"""CPU time this process and everything else on the machine used, so a disturbed measurement shows itself
+(benchmark rounds, and the timing behind an `auto` decision)."""
 from __future__ import annotations
 
 import os
