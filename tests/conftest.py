@@ -20,10 +20,30 @@ def package_file(package: str, suffix: str) -> Path:
     raise FileNotFoundError(f"{suffix} not found in package {package}; run scripts/setup.sh")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def bertserve_cache(tmp_path_factory) -> Path:
+    """A fresh export/decision cache per test session (CI starts cold), shared by its tests (so they stay fast),
+    and the exact torch backend as the session's default."""
+    folder = tmp_path_factory.mktemp("bertserve_cache")
+    os.environ["BERTSERVE_CACHE"] = str(folder)  # subprocesses (CLI tests, servers) inherit it
+    # Most tests compare values with transformers at 1e-5, tighter than the quality gate `auto` applies, and a
+    # server test must not spend its start-up measuring backends: the session default is the exact reference.
+    # tests/test_backends.py asks for every other backend, `auto` included, by name.
+    os.environ["BERTSERVE_BACKEND"] = "torch"
+    return folder
+
+
+def exact_encoder(*args, **options):
+    """An Encoder on the exact torch backend. Tests that compare values with transformers or sentence-transformers
+    at 1e-4..1e-6 use it: that is tighter than the quality gate `auto` applies when it picks a fast backend
+    (tests/test_backends.py holds every backend to torch at the gate's and the exact paths' tolerances)."""
+    from bertserve import Encoder
+    return Encoder(*args, backend="torch", **options)
+
+
 @pytest.fixture(scope="session")
 def default_encoder():
-    from bertserve import Encoder
-    return Encoder()
+    return exact_encoder()
 
 
 @pytest.fixture(scope="session")

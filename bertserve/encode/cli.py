@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from bertserve.encode.backends import BACKENDS
 from bertserve.encode.config import EncoderConfig
 from bertserve.encode.pooling import STRATEGIES
 
@@ -40,7 +41,10 @@ def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--long-text", choices=("truncate", "chunk"), default="truncate")
     g.add_argument("--chunk-overlap", type=int)
     g.add_argument("--dtype", choices=("float32", "float16"), default="float32")
-    g.add_argument("--backend", default="torch")
+    g.add_argument("--backend", choices=BACKENDS,
+                   help="torch (exact reference), onnx (exact, cached export), onnx-int8, bf16 (CPUs with native "
+                        "bfloat16), or auto: the fastest that passes the quality gate for this model "
+                        "(default: auto, or $BERTSERVE_BACKEND)")
     g.add_argument("--num-threads", type=int)
 
 
@@ -48,7 +52,7 @@ def encoder_config_from_args(args: argparse.Namespace) -> EncoderConfig:
     return EncoderConfig(model=args.model, pooling=args.pooling, layers=args.layers, max_seq_len=args.max_seq_len,
                          normalize=args.normalize, mask_cls_sep=args.mask_cls_sep, batch_size=args.batch_size,
                          long_text=args.long_text, chunk_overlap=args.chunk_overlap, dtype=args.dtype,
-                         backend=args.backend, num_threads=args.num_threads)
+                         num_threads=args.num_threads, **({} if args.backend is None else {"backend": args.backend}))
 
 
 def _read_texts(args) -> list[str]:

@@ -2,10 +2,20 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+import os
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from bertserve.encode.backends.quality import QualityGate
+
 DTYPES = ("float32", "float16")
+BACKEND_ENV = "BERTSERVE_BACKEND"
+
+
+def default_backend() -> str:
+    """"auto", unless $BERTSERVE_BACKEND names another: one switch for a whole deployment (or a test session that
+    compares values at 1e-5 and wants the exact reference everywhere) without touching code or config files."""
+    return os.environ.get(BACKEND_ENV) or "auto"
 
 
 @dataclass
@@ -20,7 +30,9 @@ class EncoderConfig:
     long_text: str = "truncate"  # or "chunk"
     chunk_overlap: int | None = None  # tokens shared by neighbouring windows; None: a quarter window
     dtype: str = "float32"
-    backend: str = "torch"
+    backend: str = field(default_factory=default_backend)  # "torch" (exact reference), "onnx", "onnx-int8", "bf16", or "auto": the fastest passing the gate
+    auto_gate: QualityGate | None = None  # None: QualityGate() (mean cos 0.995, min cos 0.98, top-10 overlap 0.95)
+    auto_sample: int = 400  # real sentences `auto` measures the candidates on (once; the decision is cached)
     num_threads: int | None = None  # None: torch's default (all cores)
 
     def to_dict(self) -> dict:
@@ -35,6 +47,8 @@ class EncoderConfig:
         if unknown:
             raise ValueError(f"unknown encoder option(s): {', '.join(sorted(unknown))}; valid: {', '.join(sorted(known))}")
         d = dict(d)
+        if isinstance(d.get("auto_gate"), dict):
+            d["auto_gate"] = QualityGate(**d["auto_gate"])
         if isinstance(d.get("layers"), list):
             d["layers"] = tuple(d["layers"])
         return cls(**d)

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from bertserve.encode.backends import make_backend
+from bertserve.encode.backends import BACKENDS, QualityGate, make_backend
 from bertserve.encode.config import DTYPES, EncoderConfig
 from bertserve.encode.pooling import canonical_pooling, pool, width_factor
 from bertserve.models import Checkpoint, load_checkpoint
@@ -51,18 +51,26 @@ class Encoder:
         self.tokenizer = TextTokenizer(ckpt.tokenizer, cfg.max_seq_len, cfg.long_text, cfg.chunk_overlap)
         n = ckpt.num_layers
         self._hidden_indices = tuple(layer if layer >= 0 else n + 1 + layer for layer in cfg.layers)
-        self.backend = make_backend(cfg.backend, ckpt.model, n, tuple(sorted(set(self._hidden_indices))),
-                                    need_pooler=cfg.pooling == "CLS_POOLED")
+        self.hidden_indices = tuple(sorted(set(self._hidden_indices)))  # what the backend computes
+        self.need_pooler = cfg.pooling == "CLS_POOLED"
         # Segment ids only where the model has segments: RoBERTa-style models (one type) and DistilBERT (no
         # token_type_ids argument) would fail or silently misread them.
-        self._use_type_ids = ("token_type_ids" in getattr(ckpt.tokenizer, "model_input_names", ())
-                              and getattr(ckpt.config, "type_vocab_size", 0) > 1
-                              and "token_type_ids" in inspect.signature(ckpt.model.forward).parameters)
+        self.use_type_ids = ("token_type_ids" in getattr(ckpt.tokenizer, "model_input_names", ())
+                             and getattr(ckpt.config, "type_vocab_size", 0) > 1
+                             and "token_type_ids" in inspect.signature(ckpt.model.forward).parameters)
         t = self.tokenizer.template
         self._special_ids = torch.tensor(sorted(set(t.single[0] + t.single[1] + t.pair[0] + t.pair[1] + t.pair[2])))
         self.dim = ckpt.hidden_size * len(cfg.layers) * width_factor(cfg.pooling)
         if ckpt.dense:
             self.dim = ckpt.dense[-1][0].out_features
+        self.backend = None
+        self.backend_choice = None  # for `auto`: the decision record (what was measured, what won)
+        if cfg.backend == "auto":
+            from bertserve.encode.backends.selection import choose_backend
+            self.backend, self.backend_choice = choose_backend(self, cfg.auto_gate, cfg.auto_sample)
+        else:
+            self.backend = make_backend(cfg.backend, ckpt, self.hidden_indices, self.need_pooler, self.use_type_ids,
+                                        cfg.num_threads)
 
     # -- configuration --------------------------------------------------------------------------------
     def _resolve(self, cfg: EncoderConfig) -> EncoderConfig:
@@ -91,6 +99,16 @@ class Encoder:
             raise ValueError(f"dtype must be one of {DTYPES}, got {cfg.dtype!r}")
         if isinstance(cfg.batch_size, bool) or not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {cfg.batch_size!r}")
+        if cfg.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {cfg.backend!r}; valid: {', '.join(BACKENDS)}")
+        gate = cfg.auto_gate if cfg.auto_gate is not None else QualityGate()
+        if isinstance(gate, dict):
+            gate = QualityGate(**gate)
+        if not isinstance(gate, QualityGate):
+            raise ValueError(f"auto_gate must be a QualityGate or a dict of its thresholds, got {gate!r}")
+        if isinstance(cfg.auto_sample, bool) or not isinstance(cfg.auto_sample, int) or cfg.auto_sample < 20:
+            raise ValueError(f"auto_sample must be an int >= 20 (sentences measured by backend='auto'), "
+                             f"got {cfg.auto_sample!r}")
         normalize = ckpt.default_normalize if cfg.normalize is None else bool(cfg.normalize)
         if ckpt.dense and (pooling != canonical_pooling(ckpt.default_pooling) or layers not in ((-1,), (ckpt.num_layers,))):
             raise ValueError(f"{ckpt.path} projects its own pooled last-layer vector with a Dense module; "
@@ -99,14 +117,17 @@ class Encoder:
             normalize = False  # token vectors are returned as the model made them
         self._fixed_length = cfg.max_seq_len not in (None,)  # NONE output length: max_seq_len, or the longest text
         return dataclasses.replace(cfg, model=str(ckpt.path), pooling=pooling, layers=layers, max_seq_len=int(max_len),
-                                   normalize=normalize)
+                                   normalize=normalize, auto_gate=gate)
 
     @property
     def max_seq_len(self) -> int:
         return self.config.max_seq_len
 
     def info(self) -> dict:
-        return {**self.checkpoint.info(), "encoder": self.config.to_dict(), "dim": self.dim}
+        info = {**self.checkpoint.info(), "encoder": self.config.to_dict(), "dim": self.dim, "backend": self.backend.name}
+        if self.backend_choice is not None:
+            info["auto_choice"] = {k: v for k, v in self.backend_choice.items() if k != "entry"}
+        return info
 
     # -- the pipeline ---------------------------------------------------------------------------------
     def tokenize(self, texts, is_tokenized: bool = False) -> list[Tokenized]:
@@ -171,7 +192,7 @@ class Encoder:
             input_ids[row, :len(x)] = torch.tensor(x)
             types[row, :len(t)] = torch.tensor(t)
             mask[row, :len(x)] = 1
-        hidden, pooled = self.backend.forward(input_ids, mask, types if self._use_type_ids else None)
+        hidden, pooled = self.backend.forward(input_ids, mask, types if self.use_type_ids else None)
         h = torch.cat([hidden[i] for i in self._hidden_indices], dim=-1).float()
         content = None
         if self.config.mask_cls_sep:

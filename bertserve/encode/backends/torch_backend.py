@@ -1,8 +1,7 @@
-"""Backends run the transformer and return the hidden states that pooling needs.
+"""The exact fp32 reference backend: the checkpoint's own torch model.
 
-`TorchBackend` is the exact fp32 reference. A backend gets padded int64 batches and returns, for each
-requested hidden-state index (0 the embedding output, num_layers the last layer), a (batch, length, hidden)
-float tensor, plus the pooler output when asked.
+A backend gets padded int64 batches and returns, for each requested hidden-state index (0 the embedding output,
+num_layers the last layer), a (batch, length, hidden) float tensor, plus the pooler output when asked.
 """
 from __future__ import annotations
 
@@ -10,22 +9,33 @@ import copy
 
 import torch
 
-BACKENDS = ("torch",)
 
-
-def _truncated(model, depth: int):
+def truncated(model, depth: int):
     """A view of `model` that stops after `depth` layers, sharing its weights (no work for unused layers)."""
-    encoder = getattr(model, "encoder", None)
+    encoder = getattr(model, "encoder", None) or getattr(model, "transformer", None)
     layers = getattr(encoder, "layer", None)
     if not isinstance(layers, torch.nn.ModuleList) or depth >= len(layers):
         return model
+    _install_output_hooks(model)
     short_encoder = copy.copy(encoder)
     short_encoder._modules = dict(encoder._modules)
     short_encoder.layer = torch.nn.ModuleList(list(layers)[:depth])
     short_model = copy.copy(model)
     short_model._modules = dict(model._modules)
-    short_model.encoder = short_encoder
+    setattr(short_model, "encoder" if hasattr(model, "encoder") else "transformer", short_encoder)
     return short_model
+
+
+def _install_output_hooks(model) -> None:
+    """transformers >= 5 collects hidden states with forward hooks, installed lazily on the first call and marked
+    by a flag on the model object. A shallow copy made before that call would install a second set on the shared
+    layers, and every hidden state would then be recorded twice (shifting the indices): install them on the
+    original first, so copies inherit the flag."""
+    try:
+        from transformers.utils.output_capturing import maybe_install_capturing_hooks
+    except ImportError:  # transformers 4 returns hidden states without hooks
+        return
+    maybe_install_capturing_hooks(model)
 
 
 class TorchBackend:
@@ -36,7 +46,7 @@ class TorchBackend:
         self.need_pooler = need_pooler
         self.num_layers = num_layers
         depth = num_layers if need_pooler else max(max(hidden_indices), 1)
-        self.model = _truncated(model, depth)
+        self.model = truncated(model, depth)
         self.depth = depth
         self.last_only = hidden_indices == (depth,) and depth == num_layers
 
@@ -53,9 +63,3 @@ class TorchBackend:
             hidden = {i: out.hidden_states[i] for i in self.hidden_indices}
         pooled = getattr(out, "pooler_output", None) if self.need_pooler else None
         return hidden, pooled
-
-
-def make_backend(name: str, model, num_layers: int, hidden_indices: tuple[int, ...], need_pooler: bool):
-    if name != "torch":
-        raise ValueError(f"unknown backend {name!r}; valid: {', '.join(BACKENDS)}")
-    return TorchBackend(model, num_layers, hidden_indices, need_pooler)

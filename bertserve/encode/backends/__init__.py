@@ -1,0 +1,36 @@
+"""Backends run the transformer and return the hidden states that pooling needs; pooling itself is shared.
+
+  torch      the checkpoint's own fp32 model: the exact reference
+  onnx       the model exported to ONNX (cached on disk), run by onnxruntime: exact to ~1e-6
+  onnx-int8  the export quantized to int8: fastest, approximate
+  bf16       torch with bfloat16 autocast, only on CPUs with native bf16 (AVX-512 BF16 / AMX): approximate
+  auto       the fastest of these that passes the quality gate for this model (see selection.py)
+"""
+from __future__ import annotations
+
+from bertserve.encode.backends.quality import QualityGate
+
+CONCRETE = ("torch", "onnx", "onnx-int8", "bf16")
+BACKENDS = ("auto",) + CONCRETE
+EXACT = ("torch", "onnx")
+
+__all__ = ["BACKENDS", "CONCRETE", "EXACT", "BackendUnavailable", "QualityGate", "make_backend"]
+
+
+class BackendUnavailable(ValueError):
+    """The backend asked for cannot run on this machine (e.g. bf16 on a CPU without native bfloat16)."""
+
+
+def make_backend(name: str, checkpoint, hidden_indices: tuple[int, ...], need_pooler: bool, use_type_ids: bool,
+                 num_threads: int | None = None):
+    """A concrete backend by name (`auto` is resolved by the Encoder, which can measure candidates)."""
+    if name == "torch":
+        from bertserve.encode.backends.torch_backend import TorchBackend
+        return TorchBackend(checkpoint.model, checkpoint.num_layers, hidden_indices, need_pooler)
+    if name == "bf16":
+        from bertserve.encode.backends.bf16 import Bf16Backend
+        return Bf16Backend(checkpoint.model, checkpoint.num_layers, hidden_indices, need_pooler)
+    if name in ("onnx", "onnx-int8"):
+        from bertserve.encode.backends.onnx_backend import onnx_backend
+        return onnx_backend(name, checkpoint, hidden_indices, need_pooler, use_type_ids, num_threads)
+    raise ValueError(f"unknown backend {name!r}; valid: {', '.join(BACKENDS)}")

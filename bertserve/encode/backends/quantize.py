@@ -1,0 +1,36 @@
+"""int8 quantization of an exported fp32 graph with onnxruntime.
+
+Recipe (measured on all-MiniLM-L6-v2, 2,000 real sentences, against torch fp32):
+  dynamic, per-tensor weights               mean cos 0.963
+  dynamic, per-channel weights              mean cos 0.993, top-10 overlap 0.91
+  dynamic, per-channel, FFN output in fp32  mean cos 0.996, top-10 overlap 0.93
+  static QDQ (MinMax calibration on text), per-channel, symmetric weights, FFN output in fp32: 0.990 / 0.89
+The FFN output projection reads GELU activations with a long tail that one int8 scale per row cannot hold, so it
+stays fp32; the rest is quantized dynamically, per channel.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+RECIPE = "dynamic-per-channel-ffn-out-fp32-v2"  # part of the cache key: a new recipe never reuses an old file
+
+
+def _sensitive_nodes(graph) -> list[str]:
+    """MatMuls of the FFN output projection: BERT/RoBERTa `.../output/dense` (not the attention's output),
+    DistilBERT `.../ffn/lin2`."""
+    return [n.name for n in graph.node if n.op_type == "MatMul"
+            and (("/output/dense" in n.name and "attention" not in n.name) or "/ffn/lin2/" in n.name)]
+
+
+def quantize_int8(fp32_path: Path, out_path: Path) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(fp32_path), load_external_data=False).graph
+    logging.disable(logging.WARNING)  # the quantizer logs every node it skips, and advice, on the root logger
+    try:
+        quantize_dynamic(str(fp32_path), str(out_path), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul"], nodes_to_exclude=_sensitive_nodes(graph))
+    finally:
+        logging.disable(logging.NOTSET)
