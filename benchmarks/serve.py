@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-# the server child gets the same; set before torch loads OpenMP (see docs/serve.md)
+# the server child gets the same; set before torch loads OpenMP (see README, "Serve")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402

@@ -24,9 +24,7 @@ class ServerProcess:
     def __init__(self, *flags: str, startup_timeout: float = 120.0):
         self.log = tempfile.NamedTemporaryFile("w+", prefix="bertserve-serve-", suffix=".log", delete=False)
         env = {**os.environ, "PYTHONPATH": f"{PACKAGE_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               # spinning OpenMP threads collapse (10x and worse) on a busy machine; see docs/serve.md
-               "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         cmd = [sys.executable, "-m", "bertserve.cli", "serve", "--http-port", "0", "--port", "0",
                "--port-out", "0", *flags]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
