@@ -18,6 +18,7 @@ import zmq
 from bert_serving.client import BertClient, ConcurrentBertClient
 
 from bertserve.client import AsyncClient, BadRequest, Client
+from bertserve.models import default_model_path
 from bertserve.serve.process import ServerProcess
 from serve_corpus import lee_sentences
 
@@ -86,6 +87,8 @@ def test_bertclient_server_config_and_status(bc, default_encoder):
     assert cfg["max_seq_len"] == default_encoder.max_seq_len
     assert cfg["show_tokens_to_client"] is True
     assert cfg["pooling_strategy"] == "REDUCE_MEAN" and cfg["dim"] == 384
+    assert cfg["backend"] == "torch"  # the test session pins the exact backend (conftest)
+    assert cfg["model_dir"] == str(default_model_path())
     assert cfg["api_key"] == "***"  # never echoed
     before = bc.server_status["num_total_seq"]
     bc.encode(["one", "two", "three"])

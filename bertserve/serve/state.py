@@ -57,13 +57,14 @@ class ServerState:
             pyzmq_version=zmq.pyzmq_version(),
             zmq_version=zmq.zmq_version(),
             server_start_time=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started_at)),
-            model_dir=_plain(getattr(enc.checkpoint, "path", None)),
+            model_dir=str(getattr(enc.checkpoint, "path", "")),
             model_name=self.model_name,
             max_seq_len=enc.max_seq_len,
             dim=enc.dim,
             pooling_strategy=_plain(enc.config.pooling),
             pooling_layer=_plain(enc.config.layers),
             normalize=_plain(enc.config.normalize),
+            backend=getattr(enc.backend, "name", None),  # what `auto` chose, where it was asked for
         )
         return cfg
 
