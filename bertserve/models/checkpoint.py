@@ -165,11 +165,17 @@ def _load_huggingface(path: Path, fmt: str) -> Checkpoint:
         raise CheckpointError(f"cannot load the tokenizer of {path}: {e}") from e
     if not getattr(tokenizer, "is_fast", False):
         raise CheckpointError(f"the tokenizer of {path} has no fast (Rust) version; bertserve needs one")
+    # transformers prints its own report of missing weights; ours below says what matters (and a missing pooler
+    # only disables CLS_POOLED), so keep its warnings out of the user's log while loading.
+    verbosity = transformers.utils.logging.get_verbosity()
+    transformers.utils.logging.set_verbosity_error()
     try:
         model, loading_info = AutoModel.from_pretrained(path, local_files_only=True, output_loading_info=True)
     except Exception as e:
         weights = next((f for f in WEIGHT_FILES if (path / f).is_file()), "weights")
         raise CheckpointError(f"cannot read model weights {path / weights}: {e}") from e
+    finally:
+        transformers.utils.logging.set_verbosity(verbosity)
     missing = [k for k in loading_info.get("missing_keys", []) if not k.startswith("pooler.")]
     if missing:
         raise CheckpointError(f"partial checkpoint {path}: {len(missing)} weights missing from the weight file "
