@@ -42,6 +42,7 @@ def assert_error(resp, status, kind=None):
     assert resp.status_code == status, resp.text
     err = resp.json()["error"]
     assert isinstance(err["message"], str) and err["message"]
+    assert err["code"] == status  # the same error shape as the rest of the HTTP API
     if kind:
         assert err["type"] == kind
     return err["message"]
@@ -117,7 +118,7 @@ def test_http_errors_are_json_4xx(client, tmp_path):
         assert_error(resp, status)
     # names that try to leave the data folder
     for name in ["..", ".hidden", "a..b", "../escape", "a/b", "x" * 200, "", "a\\b"]:
-        assert_error(client.post("/collections", json={"name": name, "dim": 4}), 400, "invalid_request")
+        assert_error(client.post("/collections", json={"name": name, "dim": 4}), 400, "invalid_request_error")
     for name in ["..", "%2e%2e", "..%2fetc", ".x"]:
         resp = client.post(f"/collections/{name}/search", json={"query": "x"})
         assert resp.status_code in (400, 404), (name, resp.status_code)

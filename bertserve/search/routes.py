@@ -30,7 +30,8 @@ class CollectionError(Exception):
 
 
 def error_response(status: int, kind: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
+    # the same shape as the server's own errors (bertserve.serve.errors)
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
 
 
 # exception class -> (HTTP status, error type); first match wins
@@ -39,8 +40,8 @@ ERRORS = [
     (KeyError, 404, "not_found"),
     (FileExistsError, 409, "conflict"),
     (RuntimeError, 409, "conflict"),
-    (ValueError, 400, "invalid_request"),
-    (TypeError, 400, "invalid_request"),
+    (ValueError, 400, "invalid_request_error"),
+    (TypeError, 400, "invalid_request_error"),
 ]
 
 
@@ -56,7 +57,7 @@ class JSONErrorRoute(APIRoute):
             except RequestValidationError as exc:
                 first = exc.errors()[0] if exc.errors() else {}
                 where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-                return error_response(400, "invalid_request", f"{where}: {first.get('msg', 'invalid body')}")
+                return error_response(400, "invalid_request_error", f"{where}: {first.get('msg', 'invalid body')}")
             except CollectionError as exc:
                 return error_response(exc.status, exc.kind, str(exc))
             except Exception as exc:
@@ -116,12 +117,12 @@ class Registry:
 
     def path(self, name: str) -> Path:
         if not isinstance(name, str) or not NAME.fullmatch(name) or ".." in name:
-            raise CollectionError(400, "invalid_request",
+            raise CollectionError(400, "invalid_request_error",
                                   f"invalid collection name {name!r}: use letters, digits, '.', '_' or '-' "
                                   "(at most 100), starting with a letter or digit")
         path = (self.root / name).resolve()
         if path.parent != self.root:
-            raise CollectionError(400, "invalid_request", f"collection name {name!r} leaves the data folder")
+            raise CollectionError(400, "invalid_request_error", f"collection name {name!r} leaves the data folder")
         return path
 
     def get(self, name: str) -> Collection:
@@ -139,7 +140,7 @@ class Registry:
             if (path / CONFIG).exists():
                 raise CollectionError(409, "conflict", f"collection {body.name!r} already exists")
             if body.dim is None and self.embed is None:
-                raise CollectionError(400, "invalid_request", "give dim: this server has no encoder")
+                raise CollectionError(400, "invalid_request_error", "give dim: this server has no encoder")
             col = Collection.create(path, encoder=self.embed, dim=body.dim, index=body.index, metric=body.metric,
                                     params=body.params, memory_budget=body.memory_budget)
             self.open[body.name] = col
@@ -199,17 +200,17 @@ def make_router(data_dir, encoder_or_embed_fn=None) -> APIRouter:
     @router.post("/{name}/update")
     def update(name: str, body: ItemsBody):
         if body.ids is None:
-            raise CollectionError(400, "invalid_request", "update needs ids")
+            raise CollectionError(400, "invalid_request_error", "update needs ids")
         reg.get(name).update(body.ids, texts=body.texts, vectors=body.vectors, metadata=body.metadata)
         return {"updated": len(body.ids)}
 
     @router.post("/{name}/search")
     def search(name: str, body: SearchBody):
         if (body.query is None) == (body.vector is None):
-            raise CollectionError(400, "invalid_request", "give exactly one of query (text) or vector")
+            raise CollectionError(400, "invalid_request_error", "give exactly one of query (text) or vector")
         query = body.query if body.query is not None else body.vector
         if isinstance(query, list) and not query:
-            raise CollectionError(400, "invalid_request", "query list is empty")
+            raise CollectionError(400, "invalid_request_error", "query list is empty")
         hits = reg.get(name).search(query, k=body.k, filter=body.filter, params=body.params,
                                     include_text=body.include_text, include_metadata=body.include_metadata)
         batch = isinstance(query, list) and (body.query is not None or isinstance(query[0], list))
