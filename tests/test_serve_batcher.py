@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from bertserve import Encoder
-from bertserve.serve.batcher import Batcher, QueueFull, RequestTooLarge, ServerClosing
-from bertserve.serve.metrics import Metrics
+from bertserve.engine.batcher import Batcher, QueueFull, RequestTooLarge, ServerClosing
+from bertserve.engine.metrics import Metrics
 from serve_corpus import lee_sentences
 
 pytestmark = pytest.mark.timeout(300)

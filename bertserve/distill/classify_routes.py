@@ -22,7 +22,7 @@ class ClassifyRequest(BaseModel):
 
 def make_classify_router(path, *, max_batch_tokens: int = 4096, max_queue_texts: int = 16384,
                          max_request_texts: int = 4096, metrics=None) -> APIRouter:
-    from bertserve.serve.batcher import Batcher
+    from bertserve.engine.batcher import Batcher
 
     classifier = Classifier(path)
     batcher = Batcher(classifier, max_batch_tokens=max_batch_tokens, max_queue_texts=max_queue_texts,

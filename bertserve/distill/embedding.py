@@ -18,6 +18,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bertserve.settings import cache_dir
+
 import numpy as np
 import torch
 from torch import nn
@@ -125,8 +127,7 @@ class StudentHead(nn.Module):
 def _cache_dir(config: EmbeddingDistillConfig) -> Path:
     if config.cache_dir:
         return Path(config.cache_dir)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "bertserve" / "teacher-vectors"
+    return cache_dir("teacher-vectors")
 
 
 def teacher_vectors(encoder, texts: list[str], config: EmbeddingDistillConfig) -> np.ndarray:

@@ -2,20 +2,15 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from bertserve.encode.backends.quality import QualityGate
 
 DTYPES = ("float32", "float16")
-BACKEND_ENV = "BERTSERVE_BACKEND"
-
-
-def default_backend() -> str:
-    """"auto", unless $BERTSERVE_BACKEND names another: one switch for a whole deployment (or a test session that
-    compares values at 1e-5 and wants the exact reference everywhere) without touching code or config files."""
-    return os.environ.get(BACKEND_ENV) or "auto"
+# "auto", unless $BERTSERVE_BACKEND names another: one switch for a whole deployment (or a test session that
+# compares values at 1e-5 and wants the exact reference everywhere) without touching code or config files.
+from bertserve.settings import BACKEND_ENV, default_backend  # noqa: E402,F401
 
 
 @dataclass

@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bertserve.settings import cache_dir
+
 import numpy as np
 
 from bertserve.models.tf_checkpoint import CheckpointError, TensorBundle, find_checkpoint_prefix
@@ -174,9 +176,7 @@ def _cache_key(folder: Path, do_lower_case: bool | None) -> str:
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("BERTSERVE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "bertserve")
-    return Path(root) / "tf-converted"
+    return cache_dir("tf-converted")
 
 
 def ensure_converted(folder: str | Path, cache_dir: str | Path | None = None,

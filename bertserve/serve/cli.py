@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import os
+from bertserve.settings import api_key_from_env
 
 from bertserve.encode.cli import add_encoder_arguments
 
@@ -47,8 +47,8 @@ def config_from_args(args: argparse.Namespace):
     from bertserve.serve.config import ServerConfig
 
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config", "log_level")}
-    if "api_key" not in given and os.environ.get("BERTSERVE_API_KEY"):
-        given["api_key"] = os.environ["BERTSERVE_API_KEY"]
+    if "api_key" not in given and api_key_from_env():
+        given["api_key"] = api_key_from_env()
     config_file = getattr(args, "config", None)
     return ServerConfig.from_file(config_file, **given) if config_file else ServerConfig.from_dict(given)
 

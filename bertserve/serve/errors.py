@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from bertserve.serve.batcher import QueueFull, RequestTooLarge, ServerClosing
+from bertserve.engine.batcher import QueueFull, RequestTooLarge, ServerClosing
 
 log = logging.getLogger("bertserve.serve")
 

@@ -17,9 +17,9 @@ import signal
 import threading
 import time
 
-from bertserve.serve.batcher import BatchedEncoder, Batcher
+from bertserve.engine.batcher import BatchedEncoder, Batcher
 from bertserve.serve.config import ServerConfig
-from bertserve.serve.metrics import Metrics
+from bertserve.engine.metrics import Metrics
 from bertserve.serve.state import ServerState
 
 log = logging.getLogger("bertserve.serve")

@@ -9,9 +9,9 @@ from pathlib import Path
 import zmq
 
 import bertserve
-from bertserve.serve.batcher import Batcher
+from bertserve.engine.batcher import Batcher
 from bertserve.serve.config import BERT_AS_SERVICE_VERSION, ServerConfig
-from bertserve.serve.metrics import Metrics
+from bertserve.engine.metrics import Metrics
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"  # what the bundled default checkpoint is
 

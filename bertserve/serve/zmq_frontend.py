@@ -30,7 +30,7 @@ from collections import defaultdict
 import numpy as np
 import zmq
 
-from bertserve.serve.batcher import ServerClosing
+from bertserve.engine.batcher import ServerClosing
 from bertserve.serve.errors import ApiError, classify
 from bertserve.serve.state import ServerState
 

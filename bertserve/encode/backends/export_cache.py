@@ -13,13 +13,15 @@ import os
 import tempfile
 from pathlib import Path
 
+from bertserve.settings import cache_dir
+
 CACHE_FORMAT = 1  # bump when the layout of an entry changes
 _HASH_INDEX = "content-hashes.json"
 _CONTENT_SUFFIXES = (".safetensors", ".bin", ".json", ".h5", ".msgpack")
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("BERTSERVE_CACHE") or Path.home() / ".cache" / "bertserve").expanduser()
+    return cache_dir()
 
 
 def atomic_write(path: Path, data: bytes) -> None:
