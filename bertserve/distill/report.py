@@ -75,27 +75,29 @@ class CpuMeter:
         return max(0.0, ((end[0] - self._start[0]) - (end[1] - self._start[1])) / self._tick)
 
 
-def measure_speed(classifiers: dict, texts: list[str], rounds: int = 3, latency_texts: int = 30) -> dict:
-    """Throughput (texts/s over `texts`, batched) and single-text latency (ms, one text per call) per model.
+def measure_speed(classifiers: dict, texts: list[str], rounds: int = 3, latency_texts: int = 30,
+                  call=lambda model, texts: model.classify(texts)) -> dict:
+    """Throughput (texts/s over `texts`, batched) and single-text latency (ms, one text per call) per model;
+    `call(model, texts)` runs one model (classifiers by default; the NER report passes its taggers' call).
 
     Rounds are interleaved: round r runs every model before round r + 1 starts."""
     if not texts:
         raise ValueError("no texts to time")
     singles = texts[:latency_texts]
     for clf in classifiers.values():  # warm-up: first calls pay for lazy initialisation
-        clf.classify(texts[: min(len(texts), 8)])
+        call(clf, texts[: min(len(texts), 8)])
     runs = {name: {"throughput": [], "latency_p50_ms": [], "other_cpu_s": []} for name in classifiers}
     meter = CpuMeter()
     for _ in range(rounds):
         for name, clf in classifiers.items():
             meter.start()
             t0 = time.perf_counter()
-            clf.classify(texts)
+            call(clf, texts)
             runs[name]["throughput"].append(len(texts) / (time.perf_counter() - t0))
             lat = []
             for t in singles:
                 t1 = time.perf_counter()
-                clf.classify([t])
+                call(clf, [t])
                 lat.append((time.perf_counter() - t1) * 1000)
             runs[name]["latency_p50_ms"].append(float(np.median(lat)))
             runs[name]["other_cpu_s"].append(meter.stop())
@@ -108,12 +110,12 @@ def measure_speed(classifiers: dict, texts: list[str], rounds: int = 3, latency_
     return out
 
 
-def compare(teacher: str, rows: dict) -> dict:
+def compare(teacher: str, rows: dict, quality: tuple[str, ...] = ("accuracy", "macro_f1")) -> dict:
     """Add ratios against the teacher row to every row (quality kept, speed-up, size shrink)."""
     t = rows[teacher]
     for row in rows.values():
-        row["accuracy_kept"] = row["accuracy"] / t["accuracy"] if t["accuracy"] else None
-        row["macro_f1_kept"] = row["macro_f1"] / t["macro_f1"] if t["macro_f1"] else None
+        for key in quality:
+            row[f"{key}_kept"] = row[key] / t[key] if t[key] else None
         if "throughput_median" in row and "throughput_median" in t:
             row["speedup"] = row["throughput_median"] / t["throughput_median"]
             row["latency_ratio"] = t["latency_p50_ms_median"] / row["latency_p50_ms_median"]
@@ -140,8 +142,8 @@ def markdown_table(rows: dict) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def plot_history(histories: dict, path) -> None:
-    """Train loss and dev accuracy per epoch, one line per model."""
+def plot_history(histories: dict, path, metric: str = "accuracy") -> None:
+    """Train loss and the dev metric (history key dev_<metric>) per epoch, one line per model."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -153,9 +155,9 @@ def plot_history(histories: dict, path) -> None:
             continue
         epochs = [h["epoch"] for h in hist]
         ax_loss.plot(epochs, [h["train_loss"] for h in hist], marker="o", label=name)
-        ax_dev.plot(epochs, [h["dev_accuracy"] for h in hist], marker="o", label=name)
+        ax_dev.plot(epochs, [h.get(f"dev_{metric}") for h in hist], marker="o", label=name)
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="loss")
-    ax_dev.set(xlabel="epoch", ylabel="dev accuracy", title="dev metric")
+    ax_dev.set(xlabel="epoch", ylabel=f"dev {metric.replace('_', ' ')}", title="dev metric")
     for ax in (ax_loss, ax_dev):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -164,22 +166,27 @@ def plot_history(histories: dict, path) -> None:
     plt.close(fig)
 
 
-def write_report(out_dir, teacher: str, rows: dict, histories: dict, settings: dict) -> dict:
-    """report.json, report.md and training_curves.png in out_dir; returns the report dict."""
+def write_report(out_dir, teacher: str, rows: dict, histories: dict, settings: dict, *, table=markdown_table,
+                 quality: tuple[str, ...] = ("accuracy", "macro_f1"), curve_metric: str = "accuracy",
+                 unit: str = "texts") -> dict:
+    """report.json, report.md and training_curves.png in out_dir; returns the report dict.
+
+    `table(rows)`, `quality` (the row keys compared with the teacher) and `curve_metric` let another task
+    (NER: entity F1, characters/s) write the same report."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = compare(teacher, rows)
+    rows = compare(teacher, rows, quality)
     report = {"version": REPORT_VERSION, "teacher": teacher, "models": rows, "histories": histories,
               "settings": settings, "created": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
     speed = settings.get("speed", {})
     md = [f"# Distillation report ({report['created']})", "",
-          f"Teacher: `{teacher}`. Test set: {settings.get('test_source', '?')} ({settings.get('test_size', '?')} texts).",
+          f"Teacher: `{teacher}`. Test set: {settings.get('test_source', '?')} ({settings.get('test_size', '?')} {unit}).",
           f"Speed: backend {speed.get('backend', 'torch fp32')}, {speed.get('threads', '?')} threads, "
           f"{speed.get('rounds', '?')} interleaved rounds over the test texts, batch {speed.get('batch_size', '?')}; "
-          "latency is the median of one-text calls.", "", markdown_table(rows)]
+          "latency is the median of one-text calls.", "", table(rows)]
     if any(histories.values()):
-        plot_history(histories, out / "training_curves.png")
+        plot_history(histories, out / "training_curves.png", curve_metric)
         md += ["", "![training curves](training_curves.png)"]
     (out / "report.md").write_text("\n".join(md) + "\n")
     return report
