@@ -13,6 +13,8 @@ def add_task_arguments(parser) -> None:
     g.add_argument("--train-limit", type=int, default=None, help="use only the first N training lines")
     g.add_argument("--dev-limit", type=int, default=None, help="use only the first N dev lines")
     g.add_argument("--unlabeled-limit", type=int, default=None, help="use only the first N unlabelled lines")
+    if parser.prog.endswith("distill"):
+        g.add_argument("--speed-lines", type=int, default=200, help="test lines timed per round in the report")
 
 
 def run_finetune(args, config) -> int:
@@ -35,7 +37,7 @@ def run_distill(args, config, loss) -> int:
     cfg = NerDistillConfig(teacher=args.teacher, student=args.student, train=args.train, dev=args.dev, out=args.out,
                            test=args.test, unlabeled=args.unlabeled, train_limit=args.train_limit,
                            dev_limit=args.dev_limit, unlabeled_limit=args.unlabeled_limit, training=config,
-                           loss=loss, speed_rounds=args.speed_rounds)
+                           loss=loss, speed_rounds=args.speed_rounds, speed_lines=args.speed_lines)
     result = distill_ner(cfg)
     for name, row in result["report"]["models"].items():
         print(f"{name}: entity F1 {row['f1']:.4f}  params {row['params']:,}")

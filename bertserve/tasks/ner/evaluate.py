@@ -2,6 +2,10 @@
 edges), speed in characters per second and one-sentence latency, and the distiller's report files."""
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
 import numpy as np
 
 from bertserve.distill.report import count_parameters, measure_speed, weights_size_mb, write_report
@@ -30,6 +34,20 @@ def evaluate_tagger(tagger, examples: list[Example]) -> dict:
     return entity_scores(gold, tagger.tag_texts([ex.text for ex in examples]))
 
 
+def cached_evaluation(tagger, examples: list[Example]) -> dict:
+    """evaluate_tagger, kept in the tagger's folder per test set, so the distiller's report does not tag the
+    test lines with the (slow) teacher again when fine-tuning already did."""
+    key = hashlib.sha1(json.dumps([tagger.max_seq_len, [ex.to_json() for ex in examples]],
+                                  ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
+    path = Path(tagger.path) / f"evaluation-{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    result = evaluate_tagger(tagger, examples)
+    if path.parent.is_dir():
+        path.write_text(json.dumps(result, indent=1))
+    return result
+
+
 def ner_table(rows: dict) -> str:
     head = ("| model | kind | F1 | P | R | F1 kept | PER / LOC / ORG F1 | params (M) | weights (MB) "
             "| chars/s (median, min) | speed-up | 1-line p50 ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
@@ -49,22 +67,22 @@ def tag_call(tagger, texts):
 
 
 def score_and_report(taggers: dict, teacher: str, test: list[Example], speed_rounds: int, settings: dict,
-                     histories: dict, out_dir, test_source: str = "?") -> dict:
+                     histories: dict, out_dir, test_source: str = "?", speed_lines: int = 200) -> dict:
     """Quality, size and interleaved speed of every tagger in `taggers`; report.md/json + curves in out_dir."""
     import torch
 
     rows = {}
     for name, tagger in taggers.items():
-        rows[name] = {"path": tagger.path, "kind": tagger.kind, **evaluate_tagger(tagger, test),
+        rows[name] = {"path": tagger.path, "kind": tagger.kind, **cached_evaluation(tagger, test),
                       "params": count_parameters(tagger.model), "size_mb": weights_size_mb(tagger.path)}
-    texts = [ex.text for ex in test]
+    texts = [ex.text for ex in test][:speed_lines]
     if speed_rounds > 0:
         chars_per_text = sum(map(len, texts)) / len(texts)
         for name, speed in measure_speed(taggers, texts, rounds=speed_rounds, call=tag_call).items():
             rows[name].update(speed)
             rows[name]["chars_per_s_median"] = speed["throughput_median"] * chars_per_text
             rows[name]["chars_per_s_min"] = speed["throughput_min"] * chars_per_text
-    settings = {**settings, "test_source": test_source, "test_size": len(test),
+    settings = {**settings, "test_source": test_source, "test_size": len(test), "speed_lines": len(texts),
                 "speed": {"backend": "torch fp32 (eager)", "threads": torch.get_num_threads(), "rounds": speed_rounds,
                           "batch_size": "32 windows (transformers), 64 (BiLSTM-CRF)",
                           "mean_chars_per_line": float(np.mean([len(t) for t in texts]))}}

@@ -313,13 +313,18 @@ def load_tagger(path, max_seq_len: int | None = None) -> Tagger:
 
 
 def _read_meta(path) -> dict:
+    """The bertserve block of a tagger folder's config.json; an HF token-classification folder trained
+    elsewhere has none and is read as a token tagger."""
     cfg = Path(path) / "config.json"
     if not cfg.is_file():
         raise NotFound(f"{path}: not a tagger folder (no config.json)")
-    meta = json.loads(cfg.read_text(encoding="utf-8")).get("bertserve") or {}
-    if meta.get("task") != "ner":
-        raise BadInput(f"{path} is not an NER tagger (train one with `bertserve finetune --task ner`)")
-    return meta
+    config = json.loads(cfg.read_text(encoding="utf-8"))
+    meta = config.get("bertserve") or {}
+    if meta.get("task") == "ner":
+        return meta
+    if not meta and any(a.endswith("ForTokenClassification") for a in config.get("architectures") or []):
+        return {"task": "ner", "kind": TokenTagger.kind}
+    raise BadInput(f"{path} is not an NER tagger (train one with `bertserve finetune --task ner`)")
 
 
 def pad_ids(rows: list[list[int]], pad_id: int) -> dict:
