@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter  # light: the server has already imported it
 from pydantic import BaseModel, Field
 
 
@@ -19,8 +19,9 @@ class NerRequest(BaseModel):
     texts: list[Any] = Field(description="texts to tag; offsets in the answer index into these strings")
 
 
-def make_router(batcher, engine) -> APIRouter:
-    """The /ner route over `batcher` (a bertserve.engine Batcher serving `engine`, a NerEngine)."""
+def make_router(batcher) -> APIRouter:
+    """The /ner route over `batcher` (a bertserve.engine Batcher serving a NerEngine)."""
+    engine = batcher.engine
     router = APIRouter()
 
     @router.post("/ner", summary="named entities with character offsets for each text")
@@ -29,3 +30,17 @@ def make_router(batcher, engine) -> APIRouter:
         return {"model": engine.name, "labels": engine.tagger.labels, "results": results}
 
     return router
+
+
+def plugin(ctx):
+    """The server plug-in: POST /ner when the server config names a tagger folder (`serve --ner DIR`)."""
+    path = getattr(ctx.config, "ner", None)
+    if not path:
+        return None
+    from bertserve.serve.plugins import Plugin
+
+    from .engine import NerEngine
+    from .model import load_tagger
+
+    batcher = ctx.batcher(NerEngine(load_tagger(path)))
+    return Plugin("ner", make_router(batcher), batcher.engine, batcher)
