@@ -308,3 +308,41 @@ def test_cli_ner_and_convert(tiny_teacher, tmp_path):
     r = _cli("finetune", "--task", "ner", "--model", str(tiny_teacher[0]), "--train", str(bad), "--dev", str(bad),
              "--out", str(tmp_path / "never"))
     assert r.returncode == 2 and f"{bad}:1:" in r.stderr
+
+
+# ---------------------------------------------------------------- server
+
+def test_ner_over_a_real_server(tiny_teacher, tiny_ner_data):
+    import httpx
+
+    from bertserve.client import BadRequest, Client
+    from bertserve.serve.process import ServerProcess
+    from bertserve.tasks.ner.engine import NerEngine
+    from bertserve.tasks.ner.model import load_tagger
+
+    lines = [ex.text for ex in read_jsonl(tiny_ner_data / "train.jsonl")[:6]]
+    # an astral character (one code point, two UTF-16 units) and spaces before the entities: offsets are
+    # Python string indices into the text as sent; a long text crosses several windows
+    texts = ["😀 " + lines[0], lines[1] + "  " + lines[2], "".join(lines) * 3, "", lines[3]]
+    local = NerEngine(load_tagger(tiny_teacher[0]))(texts)
+    assert any(local), "the tiny teacher finds entities in the lines it learnt"
+    srv = ServerProcess("--ner", str(tiny_teacher[0]), "--max-request-texts", "50")
+    try:
+        with Client(srv.url) as client:
+            got = client.ner(texts)
+            assert len(got) == len(texts)
+            for text, ents, ref in zip(texts, got, local):
+                assert [(e["start"], e["end"], e["label"]) for e in ents] == [(e["start"], e["end"], e["label"]) for e in ref]
+                for e, r in zip(ents, ref):
+                    assert text[e["start"]:e["end"]] == e["text"] and e["score"] == pytest.approx(r["score"], abs=1e-3)
+            with pytest.raises(BadRequest):
+                client.ner([1, 2])
+            status = client.status()
+        assert "ner" in json.dumps(status)
+        for body, code in (({"texts": "北京"}, 400), ({"texts": [None]}, 400), ({"texts": []}, 400),
+                           ({"texts": ["北京"] * 51}, 413)):
+            r = httpx.post(srv.url + "/ner", json=body, timeout=60)
+            assert r.status_code == code, (body, r.text)
+            assert set(r.json()["error"]) >= {"message", "type", "code"}
+    finally:
+        assert srv.stop() == 0, srv.log_text()[-2000:]
