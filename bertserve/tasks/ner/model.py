@@ -127,7 +127,7 @@ class TokenTagger(Tagger):
         self._to_inside = _i_of(self.tag_names)
 
     def pieces(self, text: str) -> tuple[list[int], list]:
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         spans = []
         for tok, (s, e) in zip(enc.tokens(), enc["offset_mapping"]):
             has_text = e > s and tok.replace("\u2581", "").replace("##", "") != ""

@@ -161,6 +161,8 @@ def distill_ner(cfg: NerDistillConfig) -> dict:
     train = load_split(cfg.train, labels, cfg.train_limit)
     dev = load_split(cfg.dev, labels, cfg.dev_limit)
     extra = read_unlabeled(cfg.unlabeled, cfg.unlabeled_limit) if cfg.unlabeled else []
+    known = {ex.text for ex in train}
+    extra = [ex for ex in extra if ex.text not in known]  # a labelled line keeps its gold tags
     transfer = train + extra
     kind = cfg.student.strip().partition(":")[0].lower()
     started = time.perf_counter()
