@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from bertserve.encode.backends.quality import QualityGate
+from bertserve.errors import BadInput
 
 DTYPES = ("float32", "float16")
 # "auto", unless $BERTSERVE_BACKEND names another: one switch for a whole deployment (or a test session that
@@ -40,7 +41,7 @@ class EncoderConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown encoder option(s): {', '.join(sorted(unknown))}; valid: {', '.join(sorted(known))}")
+            raise BadInput(f"unknown encoder option(s): {', '.join(sorted(unknown))}; valid: {', '.join(sorted(known))}")
         d = dict(d)
         if isinstance(d.get("auto_gate"), dict):
             d["auto_gate"] = QualityGate(**d["auto_gate"])
