@@ -17,10 +17,12 @@ import numpy as np
 from anyio import to_thread
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 import bertserve
+from bertserve.console import STATIC_DIR
 from bertserve.errors import BadInput, TooLarge, Unauthorized
 from bertserve.serve.errors import error_response, install_error_handlers
 from bertserve.serve.state import ServerState
@@ -129,6 +131,12 @@ def make_app(state: ServerState, routers: tuple[APIRouter, ...] = ()) -> FastAPI
         closing = state.batcher.closing
         return JSONResponse({"status": "shutting_down" if closing else "ok"}, status_code=503 if closing else 200)
 
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/ui/")
+
+    # the console's files are public; every call it makes goes through the API key like any client's
+    app.mount("/ui", StaticFiles(directory=STATIC_DIR, html=True), name="console")
     app.include_router(api)
     for router in routers:
         app.include_router(router, dependencies=[Depends(_api_key_check(cfg.api_key))])
