@@ -148,3 +148,21 @@ def test_classify_plugin_in_status_and_metrics(tiny_classifier, default_encoder)
         assert status["engines"]["encode"]["dim"] == default_encoder.dim
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"pooling": "MEAN_OF_SOMETHING"}, "unknown pooling"),
+    ({"dtype": "float8"}, "dtype"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"backend": "gpu"}, "unknown backend"),
+    ({"max_seq_len": 2}, "max_seq_len"),
+    ({"long_text": "wrap"}, "long_text"),
+])
+def test_encoder_options_are_checked_before_any_model_loads(tmp_path, options, words):
+    from bertserve import Encoder, EncoderConfig
+
+    with pytest.raises(errors.BadInput, match=words):
+        EncoderConfig(**options)
+    # the option is refused even where the model does not exist: nothing was loaded first
+    with pytest.raises(errors.BadInput, match=words):
+        Encoder(model=str(tmp_path / "no-such-model"), **options)

@@ -11,8 +11,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from bertserve.encode.backends import BACKENDS, QualityGate, make_backend
-from bertserve.encode.config import DTYPES, EncoderConfig
+from bertserve.encode.backends import QualityGate, make_backend
+from bertserve.encode.config import EncoderConfig
 from bertserve.encode.pooling import canonical_pooling, pool, width_factor
 from bertserve.engine.collate import pad_batch
 from bertserve.engine.contract import Engine, Prepared
@@ -110,20 +110,11 @@ class Encoder(Engine):
             raise BadInput(f"max_seq_len must be between 3 and the model's maximum {ckpt.model_max_len}, got {max_len}")
         if cfg.long_text == "chunk" and pooling == "NONE":
             raise BadInput("NONE pooling returns token vectors and cannot be combined with long_text='chunk'")
-        if cfg.dtype not in DTYPES:
-            raise BadInput(f"dtype must be one of {DTYPES}, got {cfg.dtype!r}")
-        if isinstance(cfg.batch_size, bool) or not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
-            raise BadInput(f"batch_size must be a positive int, got {cfg.batch_size!r}")
-        if cfg.backend not in BACKENDS:
-            raise BadInput(f"unknown backend {cfg.backend!r}; valid: {', '.join(BACKENDS)}")
         gate = cfg.auto_gate if cfg.auto_gate is not None else QualityGate()
         if isinstance(gate, dict):
             gate = QualityGate(**gate)
         if not isinstance(gate, QualityGate):
             raise BadInput(f"auto_gate must be a QualityGate or a dict of its thresholds, got {gate!r}")
-        if isinstance(cfg.auto_sample, bool) or not isinstance(cfg.auto_sample, int) or cfg.auto_sample < 20:
-            raise BadInput(f"auto_sample must be an int >= 20 (sentences measured by backend='auto'), "
-                             f"got {cfg.auto_sample!r}")
         normalize = ckpt.default_normalize if cfg.normalize is None else bool(cfg.normalize)
         if ckpt.dense and (pooling != canonical_pooling(ckpt.default_pooling) or layers not in ((-1,), (ckpt.num_layers,))):
             raise BadInput(f"{ckpt.path} projects its own pooled last-layer vector with a Dense module; "

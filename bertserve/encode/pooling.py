@@ -7,20 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from bertserve.encode.config import ALIASES, STRATEGIES, canonical_pooling  # noqa: F401 (re-exported)
 from bertserve.errors import BadInput
-
-ALIASES = {"CLS_TOKEN": "FIRST_TOKEN", "SEP_TOKEN": "LAST_TOKEN"}
-STRATEGIES = ("REDUCE_MEAN", "REDUCE_MAX", "REDUCE_MEAN_MAX", "FIRST_TOKEN", "CLS_TOKEN", "LAST_TOKEN",
-              "SEP_TOKEN", "CLS_POOLED", "NONE", "REDUCE_MEAN_SQRT_LEN")
-
-
-def canonical_pooling(name: str) -> str:
-    """The canonical upper-case name of a pooling strategy; ValueError listing the valid ones otherwise."""
-    if not isinstance(name, str) or name.upper() not in STRATEGIES:
-        raise BadInput(f"unknown pooling {name!r}; valid: {', '.join(STRATEGIES)}")
-    upper = name.upper()
-    return ALIASES.get(upper, upper)
-
 
 def width_factor(strategy: str) -> int:
     return 2 if strategy == "REDUCE_MEAN_MAX" else 1

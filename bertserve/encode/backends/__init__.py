@@ -18,7 +18,7 @@ EXACT = ("torch", "onnx")
 __all__ = ["BACKENDS", "CONCRETE", "EXACT", "BackendUnavailable", "QualityGate", "make_backend"]
 
 
-class BackendUnavailable(ValueError):
+class BackendUnavailable(BadInput):
     """The backend asked for cannot run on this machine (e.g. bf16 on a CPU without native bfloat16)."""
 
 

@@ -12,7 +12,7 @@ import importlib.util
 import re
 from pathlib import Path
 
-from bertserve.errors import BadInput
+from bertserve.errors import BadInput, Unavailable
 
 LEE_BACKGROUND = "gensim/test/test_data/lee_background.cor"
 WIKI_SAMPLE = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
@@ -32,7 +32,7 @@ _MARKUP = [
 _TEMPLATE = re.compile(r"\{\{[^{}]*\}\}")
 
 
-class SampleUnavailable(RuntimeError):
+class SampleUnavailable(Unavailable):
     """The shipped text files are missing (gensim is not installed)."""
 
 
