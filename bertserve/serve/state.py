@@ -74,7 +74,8 @@ class ServerState:
         """bert-as-service's SHOW_STATUS: the config plus what the server has done so far."""
         status = self.server_config()
         stats = self.metrics.snapshot(self.encoder.kind)
-        served = {"encode": self.encoder.describe(), **{p.name: p.describe() for p in self.plugins}}
+        served = {"encode": {**self.encoder.describe(), "name": self.model_name},
+                  **{p.name: p.describe() for p in self.plugins}}
         for desc in served.values():
             desc["statistic"] = stats["engines"].get(desc.get("kind"), {})
         stats["engines"] = served
