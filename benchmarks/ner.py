@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 from bertserve.distill.report import measure_speed  # noqa: E402
-from bertserve.tasks.ner.data import bio_tags, convert_peoples_daily, peoples_daily_path, read_jsonl, spans_from_tags  # noqa: E402
-from bertserve.tasks.ner.evaluate import entity_scores  # noqa: E402
+from bertserve.tasks.ner.data import bio_tags, convert_peoples_daily, peoples_daily_path, read_jsonl  # noqa: E402
+from bertserve.tasks.ner.evaluate import entity_scores, served_tags  # noqa: E402
 
 JIEBA_LABELS = (("nr", "PER"), ("ns", "LOC"), ("nt", "ORG"))
 
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     for name, model in models.items():
         t0 = time.perf_counter()
         pred = model.tag_texts(texts)
-        pred = [bio_tags(t, spans_from_tags(p)) for t, p in zip(texts, pred)]  # repair broken BIO the same way
+        pred = served_tags(texts, pred)  # broken BIO repaired as the service does
         rows[name] = {"kind": model.kind, **entity_scores(gold, pred), "tag_all_s": time.perf_counter() - t0}
         print(f"{name}: F1 {rows[name]['f1']:.4f}", flush=True)
     timed = texts[: args.speed_lines]

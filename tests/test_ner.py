@@ -288,9 +288,11 @@ def _cli(*args, stdin=None):
                           input=stdin, cwd=ROOT, timeout=300)
 
 
-def test_cli_ner_and_convert(tiny_teacher, tmp_path):
+def test_cli_ner_and_convert(tiny_teacher, tmp_path, capsys):
+    from bertserve.cli import main
+
     text = "新华社北京十二月三十一日电"
-    r = _cli("ner", "--model", str(tiny_teacher[0]), text, "李鹏")
+    r = _cli("ner", "--model", str(tiny_teacher[0]), text, "李鹏")  # a real process: JSON lines on stdout
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert [row["text"] for row in rows] == [text, "李鹏"]
@@ -299,15 +301,16 @@ def test_cli_ner_and_convert(tiny_teacher, tmp_path):
             assert row["text"][ent["start"]:ent["end"]] == ent["text"]
     src = tmp_path / "pd.txt"
     src.write_text("\n".join(f"李/nr  鹏/nr  到/v  北京/ns  {i}/m" for i in range(30)) + "\n", encoding="utf-8")
-    r = _cli("ner-convert", "--peoples-daily", str(src), "--out", str(tmp_path / "split"), "--test-lines", "5",
-             "--dev-lines", "5")
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["test"] == 5 and len((tmp_path / "split" / "train.jsonl").read_text().splitlines()) == 20
+    capsys.readouterr()
+    assert main(["ner-convert", "--peoples-daily", str(src), "--out", str(tmp_path / "split"), "--test-lines", "5",
+                 "--dev-lines", "5"]) == 0
+    assert json.loads(capsys.readouterr().out)["test"] == 5
+    assert len((tmp_path / "split" / "train.jsonl").read_text().splitlines()) == 20
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "北京", "entities": [[0, 9, "LOC"]]}\n', encoding="utf-8")
-    r = _cli("finetune", "--task", "ner", "--model", str(tiny_teacher[0]), "--train", str(bad), "--dev", str(bad),
-             "--out", str(tmp_path / "never"))
-    assert r.returncode == 2 and f"{bad}:1:" in r.stderr
+    code = main(["finetune", "--task", "ner", "--model", str(tiny_teacher[0]), "--train", str(bad), "--dev", str(bad),
+                 "--out", str(tmp_path / "never")])
+    assert code == 2 and f"{bad}:1:" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- server

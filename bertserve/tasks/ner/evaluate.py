@@ -10,7 +10,7 @@ import numpy as np
 
 from bertserve.distill.report import count_parameters, measure_speed, weights_size_mb, write_report
 
-from .data import Example, bio_tags
+from .data import Example, bio_tags, spans_from_tags
 
 
 def entity_scores(gold: list[list[str]], pred: list[list[str]]) -> dict:
@@ -29,9 +29,16 @@ def entity_scores(gold: list[list[str]], pred: list[list[str]]) -> dict:
             "support": int(micro["support"]), "per_type": per_type}
 
 
+def served_tags(texts: list[str], tags: list[list[str]]) -> list[list[str]]:
+    """Tags of the entities the service answers with (broken BIO repaired as data.spans_from_tags does), so
+    the scores are those of what a caller gets."""
+    return [bio_tags(text, spans_from_tags(t)) for text, t in zip(texts, tags)]
+
+
 def evaluate_tagger(tagger, examples: list[Example]) -> dict:
     gold = [bio_tags(ex.text, ex.entities) for ex in examples]
-    return entity_scores(gold, tagger.tag_texts([ex.text for ex in examples]))
+    texts = [ex.text for ex in examples]
+    return entity_scores(gold, served_tags(texts, tagger.tag_texts(texts)))
 
 
 def cached_evaluation(tagger, examples: list[Example]) -> dict:
