@@ -150,7 +150,7 @@ def run_english(size: Size, work: Path, results: Path) -> dict:
                            (("teacher", teacher), ("student", student), ("L3", peer))}}
     rc = ReportConfig(rounds=size.rounds, speed_texts=size.speed_texts)
     report["speed"] = speed({"teacher": (teacher, ""), "student": (student, ""), "L3": (peer, "")}, held, rc)
-    plot_curve(distiller.info()["history"], results / "distill_embeddings_en_curve.png")
+    plot_curve(distiller.info()["history"], HERE.parent / "docs" / "img" / "distill_embeddings_en_curve.png")
     return report
 
 
@@ -188,7 +188,7 @@ def run_chinese(size: Size, work: Path, results: Path) -> dict:
               "sentiment_split": {"train": len(train_s), "test": len(test_s)}}
     rc = ReportConfig(rounds=size.rounds, speed_texts=size.speed_texts)
     report["speed"] = speed({"teacher": (teacher, E5_QUERY), "student": (student, "")}, held, rc)
-    plot_curve(distiller.info()["history"], results / "distill_embeddings_zh_curve.png")
+    plot_curve(distiller.info()["history"], HERE.parent / "docs" / "img" / "distill_embeddings_zh_curve.png")
     return report
 
 

@@ -34,6 +34,7 @@ from bertserve.search import spec as specs
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
 RESULTS = HERE / "results"
+DOCS_IMG = HERE.parent / "docs" / "img"   # plots shown in the manual
 K = 10
 
 
@@ -351,7 +352,7 @@ def main():
             "cpus": os.cpu_count(), "faiss": faiss.__version__, "rounds": args.rounds, "k": K,
             "queries": args.queries, "single": args.single, "faiss_threads": faiss.omp_get_max_threads()}
     Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows, "auto": autos, "ingest": ingest}, indent=1))
-    plot(rows, RESULTS / "search_recall_qps.png")
+    plot(rows, DOCS_IMG / "search_recall_qps.png")
     print(json.dumps(meta))
     print(markdown(rows))
     print(json.dumps(autos, indent=1))
