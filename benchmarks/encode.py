@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from bertserve import Encoder  # noqa: E402
 from bertserve.encode.backends import QualityGate  # noqa: E402
 from bertserve.encode.backends.bf16 import native_bf16  # noqa: E402
-from bertserve.encode.backends.machine_load import Meter, rss_mib  # noqa: E402
+from bertserve.machine_load import Meter, rss_mib  # noqa: E402
 from bertserve.encode.backends.quality import measure_quality  # noqa: E402
 from bertserve.encode.backends.sample import english_sentences  # noqa: E402
 from bertserve.models import default_model_path  # noqa: E402

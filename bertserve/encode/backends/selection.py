@@ -16,7 +16,7 @@ from dataclasses import asdict
 from bertserve.encode.backends import EXACT, make_backend
 from bertserve.encode.backends import export_cache
 from bertserve.encode.backends.bf16 import cpu_flags, native_bf16
-from bertserve.encode.backends.machine_load import Meter
+from bertserve.machine_load import Meter
 from bertserve.encode.backends.quality import QualityGate, measure_quality
 from bertserve.encode.backends.sample import SampleUnavailable, english_sentences
 
