@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -122,6 +123,21 @@ class Encoder:
     @property
     def max_seq_len(self) -> int:
         return self.config.max_seq_len
+
+    def fingerprint(self) -> dict:
+        """What decides this encoder's vectors: the model's content (sha256 of its weight and config files, not
+        its path), pooling, layers, normalization, max_seq_len and width. A search collection records it, so a
+        query encoder that would put vectors in another space is refused instead of returning wrong neighbours.
+        The backend is left out: every backend `auto` may pick passes the quality gate against torch."""
+        if getattr(self, "_fingerprint", None) is None:
+            from bertserve.encode.backends.export_cache import checkpoint_content_hash
+
+            cfg = self.config
+            self._fingerprint = {"model": Path(cfg.model).name, "model_sha256": checkpoint_content_hash(self.checkpoint),
+                                 "pooling": cfg.pooling, "layers": list(cfg.layers), "normalize": bool(cfg.normalize),
+                                 "mask_cls_sep": bool(cfg.mask_cls_sep), "max_seq_len": int(cfg.max_seq_len),
+                                 "dim": int(self.dim)}
+        return dict(self._fingerprint)
 
     def info(self) -> dict:
         info = {**self.checkpoint.info(), "encoder": self.config.to_dict(), "dim": self.dim, "backend": self.backend.name}
