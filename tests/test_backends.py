@@ -193,6 +193,28 @@ def test_auto_picks_a_backend_that_passes_the_gate_and_remembers_it(tiny_english
     assert again.info()["backend"] == choice["backend"]
 
 
+def test_auto_serves_at_once_and_decides_per_model_and_layers_not_per_pooling(tmp_path):
+    model = save_tiny_bert(tmp_path / "model", default_model_path() / "vocab.txt", layers=3, seed=7)  # a fresh decision
+    first = Encoder(model, backend="auto", auto_sample=60)
+    twin = Encoder(model, backend="auto", auto_sample=60, pooling="REDUCE_MAX")  # joins (or reads) that decision
+    # usable before the measurement has finished: it starts on the exact backend (or has already switched)
+    exact = Encoder(model, backend="torch").encode(EN)
+    assert row_cosines(first.encode(EN), exact).min() >= 0.98
+    choice = first.wait_for_backend()
+    assert twin.wait_for_backend() == choice and twin.backend.name == choice["backend"]
+    assert first.backend.name == choice["backend"] and first.info()["auto_choice"]["backend"] == choice["backend"]
+    # other pooling, normalization, max_seq_len and mask_cls_sep over the same layers: the decision is read back,
+    # before the constructor returns, with nothing measured again
+    for options in ({"pooling": "REDUCE_MAX"}, {"pooling": "CLS_TOKEN", "normalize": True},
+                    {"max_seq_len": 32, "mask_cls_sep": True}):
+        other = Encoder(model, backend="auto", auto_sample=60, **options)
+        assert other._auto.done.is_set() and other.backend_choice == choice, options
+        assert other.backend.name == choice["backend"]
+    # another set of exposed layers is another backend (another export): decided on its own
+    deeper = Encoder(model, backend="auto", auto_sample=60, layers=(-2,))
+    assert deeper.wait_for_backend()["entry"] != choice["entry"]
+
+
 def test_auto_falls_back_to_an_exact_backend_when_fast_ones_fail_the_gate(tiny_english_bert):
     impossible = QualityGate(mean_cosine=1.0, min_cosine=1.0, top10_overlap=1.0)  # only torch itself reaches it
     enc = Encoder(tiny_english_bert, backend="auto", auto_sample=60, auto_gate=impossible, pooling="CLS_TOKEN")

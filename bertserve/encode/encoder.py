@@ -65,10 +65,11 @@ class Encoder:
         if ckpt.dense:
             self.dim = ckpt.dense[-1][0].out_features
         self.backend = None
-        self.backend_choice = None  # for `auto`: the decision record (what was measured, what won)
+        self._auto = None  # for `auto`: the decision (read from the cache, or being measured in the background)
         if cfg.backend == "auto":
-            from bertserve.encode.backends.selection import choose_backend
-            self.backend, self.backend_choice = choose_backend(self, cfg.auto_gate, cfg.auto_sample)
+            from bertserve.encode.backends.selection import AutoChoice
+            self._auto = AutoChoice(self, cfg.auto_gate, cfg.auto_sample, self._switch_backend)
+            self.backend = self._auto.backend
         else:
             self.backend = make_backend(cfg.backend, ckpt, self.hidden_indices, self.need_pooler, self.use_type_ids,
                                         cfg.num_threads)
@@ -120,6 +121,19 @@ class Encoder:
         return dataclasses.replace(cfg, model=str(ckpt.path), pooling=pooling, layers=layers, max_seq_len=int(max_len),
                                    normalize=normalize, auto_gate=gate)
 
+    def _switch_backend(self, backend, record):
+        self.backend = backend  # read once per embed() call, so a call in flight finishes on the old one
+
+    @property
+    def backend_choice(self) -> dict | None:
+        """For `auto`: the decision record (what was measured, what won). Waits for a measurement in progress."""
+        return self.wait_for_backend()
+
+    def wait_for_backend(self, timeout: float | None = None) -> dict | None:
+        """For `auto` on a fresh cache: wait until the background measurement has chosen (and switched to) the
+        backend; returns the decision record (None for another backend, or on timeout)."""
+        return None if self._auto is None else self._auto.wait(timeout)
+
     @property
     def max_seq_len(self) -> int:
         return self.config.max_seq_len
@@ -141,8 +155,10 @@ class Encoder:
 
     def info(self) -> dict:
         info = {**self.checkpoint.info(), "encoder": self.config.to_dict(), "dim": self.dim, "backend": self.backend.name}
-        if self.backend_choice is not None:
-            info["auto_choice"] = {k: v for k, v in self.backend_choice.items() if k != "entry"}
+        if self._auto is not None:
+            record = self._auto.record  # never waits: /status must answer while `auto` is still measuring
+            info["auto_choice"] = ({k: v for k, v in record.items() if k != "entry"} if record is not None
+                                   else {"status": "measuring in the background; serving on torch meanwhile"})
         return info
 
     # -- the pipeline ---------------------------------------------------------------------------------
@@ -169,6 +185,7 @@ class Encoder:
             longest = max((len(item.windows[0]) for item in items), default=0)
             out_len = cfg.max_seq_len if self._fixed_length else longest
         per_window: dict[tuple[int, int], torch.Tensor] = {}
+        backend = self.backend  # once per call: `auto` may switch backends meanwhile, never within one call
         starts = range(0, len(windows), size)
         if progress:
             from tqdm import tqdm
@@ -176,7 +193,7 @@ class Encoder:
         for start in starts:
             batch = windows[start:start + size]
             vecs = self._embed_batch([items[i].windows[w] for i, w in batch],
-                                     [items[i].type_ids[w] for i, w in batch], out_len)
+                                     [items[i].type_ids[w] for i, w in batch], out_len, backend)
             for key, v in zip(batch, vecs):
                 per_window[key] = v
         if not items:
@@ -198,7 +215,8 @@ class Encoder:
             result = torch.nn.functional.normalize(result, p=2, dim=-1)
         return result.numpy().astype(cfg.dtype, copy=False)
 
-    def _embed_batch(self, ids: list[list[int]], type_ids: list[list[int]], out_len: int) -> torch.Tensor:
+    def _embed_batch(self, ids: list[list[int]], type_ids: list[list[int]], out_len: int,
+                     backend=None) -> torch.Tensor:
         length = max(len(x) for x in ids)
         pad = self.tokenizer.pad_id
         input_ids = torch.full((len(ids), length), pad, dtype=torch.long)
@@ -208,7 +226,7 @@ class Encoder:
             input_ids[row, :len(x)] = torch.tensor(x)
             types[row, :len(t)] = torch.tensor(t)
             mask[row, :len(x)] = 1
-        hidden, pooled = self.backend.forward(input_ids, mask, types if self.use_type_ids else None)
+        hidden, pooled = (backend or self.backend).forward(input_ids, mask, types if self.use_type_ids else None)
         h = torch.cat([hidden[i] for i in self._hidden_indices], dim=-1).float()
         content = None
         if self.config.mask_cls_sep:
