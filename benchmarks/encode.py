@@ -55,6 +55,7 @@ class SentenceTransformersPeer:
 class BertservePath:
     def __init__(self, model: Path, backend: str, max_seq_len):
         self.encoder = Encoder(model, backend=backend, max_seq_len=max_seq_len)
+        self.encoder.wait_for_backend()  # `auto` on a fresh cache: time the chosen backend, not the interim torch
         chosen = f" -> {self.encoder.backend.name}" if backend == "auto" else ""
         self.name = f"bertserve {backend}{chosen}"
 

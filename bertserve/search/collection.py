@@ -229,7 +229,8 @@ class Collection(VectorInput):
         with self._lock:
             self._check_open()
             ids = self.store.ids_page(0, len(self) + 1)
-            textless = [item.id for item in self.get(ids) if item is not None and item.text is None]
+            textless = [item.id for start in range(0, len(ids), batch) for item in self.get(ids[start:start + batch])
+                        if item is not None and item.text is None]
             if textless:
                 raise Conflict(f"{len(textless)} items have vectors but no text to re-embed (e.g. {textless[:3]})")
             self.embedder = new
@@ -238,7 +239,7 @@ class Collection(VectorInput):
                 self.update([it.id for it in page], vectors=new.embed([it.text for it in page]))
             self.config = {**self.config, "encoder": new.config(), "encoder_fingerprint": new.fingerprint()}
             _write_json_atomically(self.path / CONFIG, self.config)
-            self._save_index()
+            self.compact()  # every item was re-inserted: drop what graph indexes only masked, save the index
         return len(ids)
 
     def compact(self) -> None:
