@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertserve.errors import Unavailable
+from bertserve.errors import BadInput, Unavailable
 
 GENSIM_DATA = ("test", "test_data")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
@@ -38,7 +38,7 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 def paired_cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     """Cosine of each candidate row with the reference row of the same text."""
     if np.shape(reference) != np.shape(candidate):
-        raise ValueError(f"shapes differ: reference {np.shape(reference)}, candidate {np.shape(candidate)}")
+        raise BadInput(f"shapes differ: reference {np.shape(reference)}, candidate {np.shape(candidate)}")
     return (unit_rows(reference) * unit_rows(candidate)).sum(1)
 
 
@@ -52,7 +52,7 @@ def neighbour_overlap(reference: np.ndarray, candidate: np.ndarray, k: int = 10)
     """Of each text's k nearest neighbours among the same texts (cosine), the share both sets of vectors agree
     on, averaged over texts: the part of search results a user would see change. k is capped at n - 1."""
     if np.shape(reference) != np.shape(candidate):
-        raise ValueError(f"shapes differ: reference {np.shape(reference)}, candidate {np.shape(candidate)}")
+        raise BadInput(f"shapes differ: reference {np.shape(reference)}, candidate {np.shape(candidate)}")
     k = min(k, len(reference) - 1)
     if k <= 0:
         return 1.0

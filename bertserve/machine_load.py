@@ -9,6 +9,8 @@ import statistics
 import time
 from dataclasses import dataclass
 
+from bertserve.errors import BadInput
+
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -83,7 +85,7 @@ def measure_speed(models: dict, texts: list, rounds: int = 3, latency_texts: int
     processes used. Returns name -> {"texts_per_s": [per round], "other_cpu_s": [per round],
     "latency_ms": [every single-text call], "latency_p50_ms": [per round]}."""
     if not texts:
-        raise ValueError("no texts to time")
+        raise BadInput("no texts to time")
     singles = texts[:latency_texts]
     for run in models.values():  # warm-up: first calls pay for lazy initialisation
         run(texts[:8])

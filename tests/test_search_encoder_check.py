@@ -102,6 +102,22 @@ def test_http_refuses_a_collection_built_by_another_encoder(tmp_path, encoders):
     assert r.status_code == 409 and r.json()["error"]["type"] == "conflict"
 
 
+def test_the_servers_batched_encoder_is_checked_as_the_encoder_it_serves(tmp_path, encoders):
+    from bertserve.engine.batcher import BatchedEncoder, Batcher
+
+    enc_a, enc_b = encoders
+    _build(tmp_path / "c", enc_a)
+    batchers = [Batcher(enc_a), Batcher(enc_b)]
+    try:
+        with Collection.open(tmp_path / "c", encoder=BatchedEncoder(batchers[0])) as col:
+            assert col.search(TEXTS[2], k=1)[0].id == "t2"
+        with pytest.raises(Conflict):
+            Collection.open(tmp_path / "c", encoder=BatchedEncoder(batchers[1]))
+    finally:
+        for b in batchers:
+            b.close()
+
+
 def test_cli_keeps_encoder_flags_without_model_and_reembeds_on_request(tmp_path, models, capsys):
     a, b = models
     data = tmp_path / "texts.txt"

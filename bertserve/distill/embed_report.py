@@ -16,6 +16,7 @@ import numpy as np
 
 from bertserve.machine_load import measure_speed
 from bertserve.evaluation import neighbour_overlap, paired_cosines, similarity_sets, spearman
+from bertserve.errors import BadInput
 
 SIMILARITY_SETS = ("lee50", "wordsim353", "simlex999")
 
@@ -31,9 +32,9 @@ class ReportConfig:
 def agreement(teacher: np.ndarray, student: np.ndarray, k: int = 10) -> dict:
     """Mean cosine of paired vectors and mean overlap of each text's k nearest neighbours (self excluded)."""
     if teacher.shape != student.shape:
-        raise ValueError(f"teacher vectors {teacher.shape} and student vectors {student.shape} differ")
+        raise BadInput(f"teacher vectors {teacher.shape} and student vectors {student.shape} differ")
     if len(teacher) <= k:
-        raise ValueError(f"need more than {k} held-out texts for top-{k} neighbours, got {len(teacher)}")
+        raise BadInput(f"need more than {k} held-out texts for top-{k} neighbours, got {len(teacher)}")
     return {"mean_cosine": float(np.mean(paired_cosines(teacher, student))),
             f"top{k}_overlap": neighbour_overlap(teacher, student, k)}
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from bertserve.machine_load import measure_speed as _measure_speed
+from bertserve.errors import BadInput
 
 REPORT_VERSION = 1
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".onnx")
@@ -27,11 +28,11 @@ def classification_metrics(y_true, y_pred, n_labels: int) -> dict:
 
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if y_true.shape != y_pred.shape:
-        raise ValueError(f"{len(y_true)} labels but {len(y_pred)} predictions")
+        raise BadInput(f"{len(y_true)} labels but {len(y_pred)} predictions")
     keep = y_true >= 0
     y_true, y_pred = y_true[keep], y_pred[keep]
     if y_true.size == 0:
-        raise ValueError("no labelled examples to evaluate")
+        raise BadInput("no labelled examples to evaluate")
     per_label = f1_score(y_true, y_pred, labels=list(range(n_labels)), average=None, zero_division=0)
     return {"accuracy": float(accuracy_score(y_true, y_pred)), "macro_f1": float(np.mean(per_label)),
             "per_label_f1": [float(x) for x in per_label]}

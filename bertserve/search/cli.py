@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from bertserve.encode.cli import add_encoder_arguments, encoder_config_from_args
+from bertserve.errors import BadInput
 
 INDEX_BATCH = 256
 MILVUS_HELP = ("use the Milvus collection named by the collection argument at this URI "
@@ -29,7 +30,7 @@ def read_records(path: str, fmt: str, id_field: str, text_field: str):
         rows = csv.DictReader(f) if fmt == "csv" else (_json_line(line, n) for n, line in enumerate(f) if line.strip())
         for n, row in enumerate(rows):
             if text_field not in row or not isinstance(row[text_field], str):
-                raise ValueError(f"record {n + 1} of {path} has no text field {text_field!r}")
+                raise BadInput(f"record {n + 1} of {path} has no text field {text_field!r}")
             item_id = str(row[id_field]) if row.get(id_field) not in (None, "") else str(n)
             meta = {k: v for k, v in row.items() if k not in (id_field, text_field)}
             yield item_id, row[text_field], meta
@@ -39,9 +40,9 @@ def _json_line(line: str, n: int) -> dict:
     try:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"line {n + 1} is not valid JSON: {exc}") from None
+        raise BadInput(f"line {n + 1} is not valid JSON: {exc}") from None
     if not isinstance(row, dict):
-        raise ValueError(f"line {n + 1} is not a JSON object")
+        raise BadInput(f"line {n + 1} is not a JSON object")
     return row
 
 
@@ -96,7 +97,7 @@ def run_index(args) -> int:
         exists = (path / "collection.json").exists()
         encoder = _encoder(args, required=not exists)
         if args.reembed and (not exists or encoder is None):
-            raise ValueError("--reembed re-embeds an existing collection with the encoder given by --model "
+            raise BadInput("--reembed re-embeds an existing collection with the encoder given by --model "
                              "and/or encoder options")
         col = (Collection.open(path, encoder=encoder, reembed=args.reembed) if exists else
                Collection.create(path, encoder=encoder, index=args.index, metric=args.metric))
@@ -179,7 +180,7 @@ def _json_arg(value, flag):
     try:
         return json.loads(value)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{flag} is not valid JSON: {exc}") from None
+        raise BadInput(f"{flag} is not valid JSON: {exc}") from None
 
 
 def add_parser(subparsers) -> None:

@@ -8,8 +8,8 @@ The encoder's fingerprint (`Encoder.fingerprint()`: model content hash, pooling,
 max_seq_len, dim) is saved too. Vectors of another model or pooling live in another space, so a query encoder
 whose fingerprint differs from the one that built the collection is refused (`Conflict`, naming both) instead
 of returning wrong neighbours; re-embedding the stored texts is an explicit step (`Collection.reembed`). A bare
-callable has no fingerprint and cannot be checked; a wrapper (the server's batcher) passes on the fingerprint
-of the encoder it wraps.
+callable has no fingerprint and cannot be checked; a wrapper (the server's BatchedEncoder) passes on the
+fingerprint of the encoder it wraps.
 """
 from __future__ import annotations
 
@@ -17,19 +17,16 @@ import json
 
 import numpy as np
 
-from bertserve.errors import Conflict
+from bertserve.errors import BadInput, BadInputType, Conflict
 
 # fingerprint keys that identify the vector space (the model's folder name is only there to name it)
 SPACE_KEYS = ("model_sha256", "pooling", "layers", "normalize", "mask_cls_sep", "max_seq_len", "dim")
 
 
 def fingerprint_of(encoder) -> dict | None:
-    """The fingerprint of an Encoder, or of the encoder a wrapper (batcher, batched encoder) serves; None for a
-    bare callable."""
-    for obj in (encoder, getattr(encoder, "__self__", None),  # a bound method such as encoder.encode
-                getattr(encoder, "encoder", None), getattr(encoder, "engine", None),
-                getattr(getattr(encoder, "batcher", None), "encoder", None),
-                getattr(getattr(encoder, "batcher", None), "engine", None)):
+    """The fingerprint of an Encoder, of the Encoder behind a bound method (`encoder.encode`) or of the one a
+    wrapper forwards to (the server's BatchedEncoder); None for a bare callable."""
+    for obj in (encoder, getattr(encoder, "__self__", None)):
         fp = getattr(obj, "fingerprint", None)
         if callable(fp):
             return fp()
@@ -52,7 +49,7 @@ class Embedder:
         """`expected`: the fingerprint of the encoder that built the collection, checked against `encoder`
         now and against an encoder rebuilt from `saved_config` when it is built."""
         if encoder is not None and not (hasattr(encoder, "encode") or callable(encoder)):
-            raise TypeError("encoder must be an Encoder or a callable embed(texts) -> ndarray")
+            raise BadInputType("encoder must be an Encoder or a callable embed(texts) -> ndarray")
         self.encoder = encoder
         self.saved_config = saved_config
         self.expected, self.where = expected, where
@@ -74,8 +71,11 @@ class Embedder:
     def _function(self):
         if self.encoder is None:
             if not self.saved_config:
-                raise ValueError("this collection has no encoder: pass vectors=, or open it with encoder=")
-            from bertserve.encode import Encoder, EncoderConfig  # only collections of texts need the model stack
+                raise BadInput("this collection has no encoder: pass vectors=, or open it with encoder=")
+            from bertserve.encode import (  # only collections of texts need the model stack
+                Encoder,
+                EncoderConfig,
+            )
 
             encoder = Encoder(config=EncoderConfig.from_dict(self.saved_config))
             self._check(encoder)  # the model folder may have changed since the collection was built
@@ -85,7 +85,7 @@ class Embedder:
     def embed(self, texts: list[str]) -> np.ndarray:
         vectors = np.asarray(self._function()(list(texts)), dtype=np.float32)
         if vectors.ndim != 2 or len(vectors) != len(texts):
-            raise ValueError(f"the encoder returned shape {vectors.shape} for {len(texts)} texts; "
+            raise BadInput(f"the encoder returned shape {vectors.shape} for {len(texts)} texts; "
                              "a collection needs one pooled vector per text")
         return vectors
 
@@ -120,29 +120,29 @@ class VectorInput:
             return True, self._check_vectors(arr[None, :])
         if arr.ndim == 2 and len(arr):
             return False, self._check_vectors(arr)
-        raise ValueError("query must be a text, a list of texts, a vector or a 2-D array of vectors")
+        raise BadInput("query must be a text, a list of texts, a vector or a 2-D array of vectors")
 
     def _vectors_for(self, texts, vectors) -> np.ndarray:
         if vectors is not None:
             return self._check_vectors(vectors)
         if texts is None:
-            raise ValueError("give texts or vectors")
+            raise BadInput("give texts or vectors")
         return self._check_vectors(self.embedder.embed(texts))
 
     def _check_vectors(self, vectors) -> np.ndarray:
         try:
             arr = np.asarray(vectors, dtype=np.float32)
         except (TypeError, ValueError):
-            raise ValueError("vectors must be numeric arrays") from None
+            raise BadInput("vectors must be numeric arrays") from None
         if arr.ndim != 2 or arr.shape[1] != self.dim:
-            raise ValueError(f"vectors must have shape (n, {self.dim}), got {arr.shape}")
+            raise BadInput(f"vectors must have shape (n, {self.dim}), got {arr.shape}")
         bad = ~np.isfinite(arr).all(axis=1)
         if bad.any():
-            raise ValueError(f"vectors contain NaN or inf (rows {np.flatnonzero(bad)[:10].tolist()})")
+            raise BadInput(f"vectors contain NaN or inf (rows {np.flatnonzero(bad)[:10].tolist()})")
         arr = np.ascontiguousarray(arr)
         if self.metric == "cosine":
             norms = np.linalg.norm(arr, axis=1, keepdims=True)
             if (norms == 0).any():
-                raise ValueError(f"zero vectors have no cosine (rows {np.flatnonzero(norms[:, 0] == 0)[:10].tolist()})")
+                raise BadInput(f"zero vectors have no cosine (rows {np.flatnonzero(norms[:, 0] == 0)[:10].tolist()})")
             arr = arr / norms
         return arr

@@ -10,6 +10,7 @@ import functools
 import html
 import re
 
+from bertserve.errors import BadInput
 from bertserve.evaluation import gensim_file, lee_background_sentences, split_sentences
 
 WIKI_SAMPLE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
@@ -66,5 +67,5 @@ def english_sentences(n: int | None = None, *, offset: int = 0) -> list[str]:
     mixed = [s for pair in zip(lee, wiki) for s in pair] + list(lee[len(wiki):]) + list(wiki[len(lee):])
     end = None if n is None else offset + n
     if end is not None and end > len(mixed):
-        raise ValueError(f"asked for sentences {offset}..{end}, only {len(mixed)} are available")
+        raise BadInput(f"asked for sentences {offset}..{end}, only {len(mixed)} are available")
     return mixed[offset:end]
