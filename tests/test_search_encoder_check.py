@@ -17,6 +17,7 @@ from bertserve.evaluation import lee_background_sentences
 from bertserve.models import default_model_path
 from bertserve.search import Collection
 from bertserve.search.routes import make_router
+from bertserve.serve.errors import install_error_handlers
 from conftest import exact_encoder, save_tiny_bert
 
 TEXTS = lee_background_sentences(min_words=5, unique=True)[:60]
@@ -96,10 +97,14 @@ def test_http_refuses_a_collection_built_by_another_encoder(tmp_path, encoders):
     enc_a, enc_b = encoders
     _build(tmp_path / "data" / "news", enc_a)
     app = FastAPI()
-    app.include_router(make_router(tmp_path / "data", enc_b.encode))
+    install_error_handlers(app)  # the server's own error mapping, as `bertserve serve` mounts the router
+    router = make_router(tmp_path / "data", enc_b.encode)
+    app.include_router(router)
     with TestClient(app) as client:
         r = client.post("/collections/news/search", json={"query": "fire", "k": 3})
+    router.registry.close()
     assert r.status_code == 409 and r.json()["error"]["type"] == "conflict"
+    assert "sha256" in r.json()["error"]["message"]
 
 
 def test_the_servers_batched_encoder_is_checked_as_the_encoder_it_serves(tmp_path, encoders):
