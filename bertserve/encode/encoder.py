@@ -35,6 +35,16 @@ def _check_layers(layers, num_layers: int) -> tuple[int, ...]:
 class Encoder:
     """Encode texts into vectors with a BERT-family checkpoint; see EncoderConfig for the options."""
 
+    def __new__(cls, model=None, *, config: EncoderConfig | None = None, checkpoint: Checkpoint | None = None,
+                **options):
+        # A static token-table folder gets its own encoder (no torch forward); it has the same public surface.
+        from bertserve.models.static_table import is_static_folder
+        if cls is Encoder and checkpoint is None and is_static_folder(model if model is not None
+                                                                      else getattr(config, "model", None)):
+            from bertserve.encode.static import StaticEncoder
+            return StaticEncoder(model, config=config, **options)
+        return super().__new__(cls)
+
     def __init__(self, model=None, *, config: EncoderConfig | None = None, checkpoint: Checkpoint | None = None,
                  **options):
         if config is not None and options:
