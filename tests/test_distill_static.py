@@ -164,7 +164,7 @@ def test_real_default_teacher_with_a_small_vocabulary(tmp_path, english_vocab, c
 
     teacher = Encoder(None, normalize=False, max_seq_len=64)
     config = StaticDistillConfig(out=str(tmp_path / "mini"), vocab=str(english_vocab), dims=64,
-                                 corpus=(str(corpus_file),), heldout=100, fit_epochs=4, fit_lr=1e-2,
+                                 corpus=(str(corpus_file),), max_texts=450, heldout=90, fit_epochs=4, fit_lr=1e-2,
                                  cache_dir=str(tmp_path / "cache"))
     distiller = StaticDistiller(config, teacher_encoder=teacher)
     distiller.run(log=lambda s: None)
@@ -173,7 +173,7 @@ def test_real_default_teacher_with_a_small_vocabulary(tmp_path, english_vocab, c
     ours = neighbour_agreement(distiller.heldout_targets, student.encode(held))
     rng = np.random.default_rng(0)
     chance = neighbour_agreement(distiller.heldout_targets, rng.normal(size=(len(held), 64)))
-    assert ours["pairwise_cosine_spearman"] > 0.5 > chance["pairwise_cosine_spearman"] + 0.4
+    assert ours["pairwise_cosine_spearman"] > 0.3 > chance["pairwise_cosine_spearman"] + 0.2
     assert ours["top10_overlap"] > 2 * chance["top10_overlap"]
 
 

@@ -123,10 +123,34 @@ def token_vectors(teacher, tok, own_vocab: bool, config: StaticDistillConfig, lo
         inputs = [config.teacher_prefix + (tokens[i][2:] if tokens[i].startswith("##") and len(tokens[i]) > 2
                                            else tokens[i]) for i in ids]
         tokenized = False
+    cache = _token_cache_file(teacher, tok, config)
+    if cache is not None and cache.is_file():
+        out = np.load(cache)
+        if out.shape == (size, teacher.dim):
+            log(f"token vectors: {len(ids)} tokens from the cache {cache}")
+            return out, keep
     out = np.zeros((size, teacher.dim), dtype=np.float32)
     out[ids] = teacher.encode(inputs, is_tokenized=tokenized, batch_size=config.token_batch_size)
     log(f"token vectors: {len(ids)} tokens through the teacher in {time.perf_counter() - start:.1f} s")
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache.with_suffix(".tmp.npy"), out)
+        cache.with_suffix(".tmp.npy").replace(cache)
     return out, keep
+
+
+def _token_cache_file(teacher, tok, config: StaticDistillConfig) -> Path | None:
+    """Where token vectors are kept when a cache folder is given: keyed by teacher, its settings, the
+    vocabulary and the prefix, so a second run with other projection or fitting settings skips the teacher."""
+    if not config.cache_dir:
+        return None
+    import hashlib
+
+    digest = hashlib.sha256()
+    for part in (str(Path(teacher.checkpoint.path).resolve()), repr(teacher.config), tok.to_str(),
+                 config.teacher_prefix, str(FORMAT_VERSION)):
+        digest.update(part.encode() + b"\0")
+    return Path(config.cache_dir) / f"tokens-{digest.hexdigest()[:24]}.npy"
 
 
 def zipf_weights(n: int, a: float) -> np.ndarray:
