@@ -177,17 +177,22 @@ def _speed_lines(spd: dict, base: str = "teacher") -> list[str]:
     return lines
 
 
+def spearman_lines(spearman: dict) -> list[str]:
+    """A Markdown table: one row per model, Spearman per rated set and its share of the teacher's."""
+    sets = list(spearman["teacher"])
+    lines = ["| model | " + " | ".join(f"Spearman {s}" for s in sets) + " |", "|---" * (len(sets) + 1) + "|"]
+    for name, sp in spearman.items():
+        lines.append(f"| {name} | " + " | ".join(f"{sp[s]:.3f} ({sp[s] / spearman['teacher'][s]:.1%})" for s in sets) + " |")
+    return lines
+
+
 def summary(part: str, r: dict) -> str:
     lines = [f"## {part}", "", f"training texts {r['train_texts']}, held-out {r['heldout']}, epochs {r['epochs']}, "
              f"timing {r['timing']}", "", "| model | mean cosine to teacher | top-10 overlap |", "|---|---|---|"]
     for name, a in r["agreement"].items():
         lines.append(f"| {name} | {a['mean_cosine']:.4f} | {a['top10_overlap']:.3f} |")
     if "spearman" in r:
-        sets = list(r["spearman"]["teacher"])
-        lines += ["", "| model | " + " | ".join(f"Spearman {s}" for s in sets) + " |", "|---" * (len(sets) + 1) + "|"]
-        for name, sp in r["spearman"].items():
-            lines.append(f"| {name} | " + " | ".join(f"{sp[s]:.3f} ({sp[s] / r['spearman']['teacher'][s]:.1%})"
-                                                     for s in sets) + " |")
+        lines += ["", *spearman_lines(r["spearman"])]
     if "sentiment_accuracy" in r:
         acc = r["sentiment_accuracy"]
         lines += ["", f"sentiment (logistic regression, {r['sentiment_split']}): teacher {acc['teacher']:.3f}, "

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from distill_embeddings import _write_lines, english_sentences, peoples_daily_sentences  # noqa: E402
+from distill_embeddings import _write_lines, english_sentences, peoples_daily_sentences, spearman_lines  # noqa: E402
 from e5_model import E5_QUERY, _package_dir, e5_model_path  # noqa: E402
 
 from bertserve import Encoder  # noqa: E402
@@ -159,11 +159,7 @@ def summary(part: str, r: dict) -> str:
     lines += ["| model | top-10 overlap with teacher | Spearman of pairwise cosines |", "|---|---|---|"]
     lines += [f"| {n} | {a['top10_overlap']:.3f} | {a['pairwise_cosine_spearman']:.3f} |" for n, a in agree.items()]
     if "spearman" in r:
-        sets = list(r["spearman"]["teacher"])
-        lines += ["", "| model | " + " | ".join(f"Spearman {s}" for s in sets) + " |", "|---" * (len(sets) + 1) + "|"]
-        for name, sp in r["spearman"].items():
-            lines.append(f"| {name} | " + " | ".join(f"{sp[s]:.3f} ({sp[s] / r['spearman']['teacher'][s]:.0%})"
-                                                     for s in sets) + " |")
+        lines += ["", *spearman_lines(r["spearman"])]
     if "sentiment_accuracy" in r:
         acc = r["sentiment_accuracy"]
         lines += ["", f"sentiment probe (logistic regression, {r['sentiment_split']}): teacher {acc['teacher']:.3f}, "
@@ -177,13 +173,16 @@ def main(argv=None) -> int:
     p.add_argument("--size", choices=tuple(SIZES), default="quick")
     p.add_argument("--speed-texts", type=int, help="texts per speed round (overrides the size)")
     p.add_argument("--rounds", type=int, help="interleaved speed rounds (overrides the size)")
+    p.add_argument("--corpus", type=int, help="corpus texts for the fitting stage (overrides the size)")
+    p.add_argument("--sentiment-train", type=int, help="training reviews of the probe (overrides the size)")
     p.add_argument("--work", default=str(HERE / ".cache" / "static"))
     p.add_argument("--results", default=str(HERE / "results"))
     p.add_argument("--reuse-peer", action="store_true",
                    help="reuse model2vec's distilled folder (and its recorded time) from an earlier run")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
-    overrides = {k: v for k, v in (("speed_texts", args.speed_texts), ("rounds", args.rounds)) if v is not None}
+    overrides = {k: v for k, v in (("speed_texts", args.speed_texts), ("rounds", args.rounds), ("corpus", args.corpus),
+                                   ("sentiment_train", args.sentiment_train)) if v is not None}
     size = replace(SIZES[args.size], **overrides)
     work, results = Path(args.work), Path(args.results)
     work.mkdir(parents=True, exist_ok=True)
@@ -195,7 +194,7 @@ def main(argv=None) -> int:
         report = {"size": args.size, "overrides": overrides, "command": " ".join(sys.argv),
                   "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                   "machine": "2-core x86_64, 24 GiB, no GPU (shared)", **fn(size, work)}
-        suffix = "" if args.size == "full" else f"_{args.size}"
+        suffix = "" if args.size == "full" and not overrides else f"_{args.size}" if not overrides else "_custom"
         (results / f"static_{part}{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
         text = summary(part, report)
         (results / f"static_{part}{suffix}.md").write_text(text)
