@@ -188,7 +188,7 @@ def test_encoder_surface_config_round_trip_and_refusals(fitted):
     items = enc.tokenize(TEXTS)
     np.testing.assert_array_equal(enc.embed(items), enc.encode(TEXTS))
     assert [it.num_tokens for it in items][3] == 0
-    assert Encoder(folder, max_seq_len=2).tokenize([TEXTS[0]])[0].num_tokens == 2
+    assert Encoder(folder, max_seq_len=3).tokenize([TEXTS[0]])[0].num_tokens == 3
     np.testing.assert_allclose(enc.encode([["the", "minister"]], is_tokenized=True), enc.encode(["the minister"]))
     for bad in ({"pooling": "CLS_TOKEN"}, {"layers": (1,)}, {"long_text": "chunk"}, {"max_seq_len": 0}):
         with pytest.raises(BadInput):

@@ -12,8 +12,9 @@ import json
 
 import numpy as np
 
-from bertserve.encode.config import DTYPES, EncoderConfig
-from bertserve.errors import BadInput
+from bertserve.encode.config import EncoderConfig, canonical_pooling
+from bertserve.encode.encoder import Encoder
+from bertserve.errors import BadInput, BadInputType
 from bertserve.models.static_table import StaticCheckpoint, StaticTable
 from bertserve.models.tokenizer import TextTokenizer, Tokenized
 
@@ -63,16 +64,17 @@ class StaticTokenizer:
         return [self.backend.id_to_token(i) for w in item.windows for i in w]
 
 
-class StaticEncoder:
-    """The Encoder surface (encode, tokenize, embed, dim, config, info) over a static token table.
+class StaticEncoder(Encoder):
+    """An Encoder over a static token table: the same surface (encode, tokenize, embed, dim, config, info, and
+    the engine contract prepare/run/finish the batcher calls), with `embed` a gather and a mean.
 
     `Encoder(model=DIR)` returns one of these when DIR is a static folder. Options that only mean something
     for a transformer (layers, pooling other than the mean, chunking) are refused; `backend` is always "static".
     """
 
-    def __init__(self, model=None, *, config: EncoderConfig | None = None, **options):
+    def __init__(self, model=None, *, config: EncoderConfig | None = None, checkpoint=None, **options):
         if config is not None and options:
-            raise TypeError("pass either config= or keyword options, not both")
+            raise BadInputType("pass either config= or keyword options, not both")
         if config is None:
             config = EncoderConfig(model=None if model is None else str(model), **options)
         elif model is not None:
@@ -89,44 +91,19 @@ class StaticEncoder:
 
     def _resolve(self, cfg: EncoderConfig) -> EncoderConfig:
         t = self.table
-        if cfg.pooling not in (None, "REDUCE_MEAN", "MEAN", "mean"):
+        if cfg.pooling is not None and canonical_pooling(cfg.pooling) != "REDUCE_MEAN":
             raise BadInput(f"{t.path} is a static model: its pooling is the mean of token vectors, not {cfg.pooling}")
         if cfg.layers not in (None, (0,), [0]):
             raise BadInput(f"{t.path} is a static model: it has no layers to choose")
         if cfg.long_text != "truncate" or cfg.mask_cls_sep:
             raise BadInput("a static model averages all its tokens: long_text='chunk' and mask_cls_sep do not apply")
-        if cfg.dtype not in DTYPES:
-            raise BadInput(f"dtype must be one of {DTYPES}, got {cfg.dtype!r}")
-        if isinstance(cfg.batch_size, bool) or not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
-            raise BadInput(f"batch_size must be a positive int, got {cfg.batch_size!r}")
-        max_len = cfg.max_seq_len
-        if max_len == "auto":
-            max_len = t.max_length
-        elif max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer))
-                                      or max_len < 1):
-            raise BadInput(f"max_seq_len must be a positive int, None or 'auto', got {max_len!r}")
+        max_len = t.max_length if cfg.max_seq_len == "auto" else cfg.max_seq_len  # EncoderConfig checked the rest
         normalize = t.normalize if cfg.normalize is None else bool(cfg.normalize)
         return dataclasses.replace(cfg, model=str(t.path), pooling="REDUCE_MEAN", layers=(0,), normalize=normalize,
-                                   max_seq_len=None if max_len is None else int(max_len), backend=BACKEND_NAME,
-                                   auto_gate=None)
-
-    @property
-    def max_seq_len(self) -> int | None:
-        return self.config.max_seq_len
+                                   max_seq_len=None if max_len is None else int(max_len), auto_gate=None)
 
     def info(self) -> dict:
         return {**self.checkpoint.info(), "encoder": self.config.to_dict(), "dim": self.dim, "backend": BACKEND_NAME}
-
-    def tokenize(self, texts, is_tokenized: bool = False) -> list[Tokenized]:
-        return self.tokenizer(texts, is_tokenized=is_tokenized)
-
-    def encode(self, texts, *, is_tokenized: bool = False, show_tokens: bool = False, batch_size: int | None = None,
-               progress: bool = False):
-        items = self.tokenize(texts, is_tokenized=is_tokenized)
-        vectors = self.embed(items)
-        if show_tokens:
-            return vectors, [self.tokenizer.tokens(item) for item in items]
-        return vectors
 
     def embed(self, items: list[Tokenized], batch_size: int | None = None, progress: bool = False) -> np.ndarray:
         """Mean of each item's token rows: one gather over all tokens, then sums between offsets."""
