@@ -12,7 +12,8 @@ import json
 
 import numpy as np
 
-from bertserve.encode.config import EncoderConfig, canonical_pooling
+from bertserve.encode.config import EncoderConfig
+from bertserve.encode.pooling import canonical_pooling
 from bertserve.encode.encoder import Encoder
 from bertserve.errors import BadInput, BadInputType
 from bertserve.models.static_table import StaticCheckpoint, StaticTable
