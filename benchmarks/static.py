@@ -52,10 +52,11 @@ class Size:
     rounds: int
     sentiment_train: int
     sentiment_test: int
+    corpus_tokens_only: bool = False  # Chinese: only the characters the corpus uses go through e5
 
 
 SIZES = {
-    "quick": Size(1500, 300, 2, 300, 1, 600, 300),
+    "quick": Size(1500, 300, 10, 300, 1, 600, 300),
     "full": Size(15000, 1000, 6, 2000, 3, 4000, 1500),
 }
 
@@ -124,6 +125,7 @@ def run_chinese(size: Size, work: Path) -> dict:
     teacher = Encoder(e5_model_path(), max_seq_len=128, normalize=False, backend="torch")
     vocab = _package_dir("cn_clip") / "clip" / "vocab.txt"
     config = StaticDistillConfig(out=str(work / "zh-static"), vocab=str(vocab), teacher_prefix=E5_QUERY, dims=256,
+                                 corpus_tokens_only=size.corpus_tokens_only,
                                  corpus=(str(_write_lines(work / "zh.txt", corpus)),), heldout=size.heldout,
                                  fit_epochs=size.fit_epochs, threads=2, cache_dir=str(HERE / ".cache" / "teacher-vectors"))
     distiller, ours, ours_s = _distill_ours("zh", config, teacher)
@@ -173,8 +175,11 @@ def main(argv=None) -> int:
     p.add_argument("--size", choices=tuple(SIZES), default="quick")
     p.add_argument("--speed-texts", type=int, help="texts per speed round (overrides the size)")
     p.add_argument("--rounds", type=int, help="interleaved speed rounds (overrides the size)")
+    p.add_argument("--fit-epochs", type=float, help="passes of the fitting stage (overrides the size)")
     p.add_argument("--corpus", type=int, help="corpus texts for the fitting stage (overrides the size)")
     p.add_argument("--sentiment-train", type=int, help="training reviews of the probe (overrides the size)")
+    p.add_argument("--corpus-tokens-only", action="store_true",
+                   help="Chinese: only the vocabulary characters the corpus uses go through the teacher")
     p.add_argument("--work", default=str(HERE / ".cache" / "static"))
     p.add_argument("--results", default=str(HERE / "results"))
     p.add_argument("--reuse-peer", action="store_true",
@@ -182,7 +187,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     overrides = {k: v for k, v in (("speed_texts", args.speed_texts), ("rounds", args.rounds), ("corpus", args.corpus),
-                                   ("sentiment_train", args.sentiment_train)) if v is not None}
+                                   ("fit_epochs", args.fit_epochs),
+                                   ("sentiment_train", args.sentiment_train),
+                                   ("corpus_tokens_only", args.corpus_tokens_only or None)) if v is not None}
     size = replace(SIZES[args.size], **overrides)
     work, results = Path(args.work), Path(args.results)
     work.mkdir(parents=True, exist_ok=True)

@@ -44,9 +44,10 @@ class StaticDistillConfig:
     corpus: tuple[str, ...] = ()             # files, one text per line: frequency weights and the fitting stage
     sif_coefficient: float | None = 1e-4     # None: no frequency weighting
     teacher_prefix: str = ""                 # prepended for the teacher only (e5: "query: ")
+    corpus_tokens_only: bool = False         # only tokens the corpus uses go through the teacher (others: zero rows)
     fit_epochs: float = 6.0                  # passes over the corpus in the fitting stage (0: none)
     fit_lr: float = 3e-3
-    fit_batch_size: int = 256
+    fit_batch_size: int = 64
     heldout: int = 500                       # corpus texts kept out of the fit: early stopping and the report
     max_texts: int | None = None
     max_seq_len: int = 128                   # teacher token limit on corpus texts
@@ -105,8 +106,10 @@ def _special_ids(tok) -> set[int]:
     return {int(t["id"]) for t in data.get("added_tokens", []) if t.get("special")}
 
 
-def token_vectors(teacher, tok, own_vocab: bool, config: StaticDistillConfig, log=print) -> tuple[np.ndarray, np.ndarray]:
-    """(vocab, teacher dim) vectors of every token through the teacher, and a mask of the tokens computed."""
+def token_vectors(teacher, tok, own_vocab: bool, config: StaticDistillConfig, log=print,
+                  used: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(vocab, teacher dim) vectors of every token through the teacher (only the `used` ones where given), and
+    a mask of the tokens computed."""
     vocab = tok.get_vocab()
     size = max(vocab.values()) + 1
     tokens = [""] * size
@@ -114,6 +117,8 @@ def token_vectors(teacher, tok, own_vocab: bool, config: StaticDistillConfig, lo
         tokens[i] = t
     skip = _special_ids(tok)
     keep = np.array([i not in skip and bool(t) and not SKIP_TOKENS.match(t) for i, t in enumerate(tokens)])
+    if used is not None:
+        keep &= used[:size]
     ids = np.flatnonzero(keep)
     start = time.perf_counter()
     if own_vocab:  # by id: the teacher sees exactly that token (a "##" piece stays a continuation)
@@ -123,7 +128,7 @@ def token_vectors(teacher, tok, own_vocab: bool, config: StaticDistillConfig, lo
         inputs = [config.teacher_prefix + (tokens[i][2:] if tokens[i].startswith("##") and len(tokens[i]) > 2
                                            else tokens[i]) for i in ids]
         tokenized = False
-    cache = _token_cache_file(teacher, tok, config)
+    cache = _token_cache_file(teacher, tok, config, keep)
     if cache is not None and cache.is_file():
         out = np.load(cache)
         if out.shape == (size, teacher.dim):
@@ -139,7 +144,7 @@ def token_vectors(teacher, tok, own_vocab: bool, config: StaticDistillConfig, lo
     return out, keep
 
 
-def _token_cache_file(teacher, tok, config: StaticDistillConfig) -> Path | None:
+def _token_cache_file(teacher, tok, config: StaticDistillConfig, keep: np.ndarray) -> Path | None:
     """Where token vectors are kept when a cache folder is given: keyed by teacher, its settings, the
     vocabulary and the prefix, so a second run with other projection or fitting settings skips the teacher."""
     if not config.cache_dir:
@@ -150,6 +155,8 @@ def _token_cache_file(teacher, tok, config: StaticDistillConfig) -> Path | None:
     for part in (str(Path(teacher.checkpoint.path).resolve()), repr(teacher.config), tok.to_str(),
                  config.teacher_prefix, str(FORMAT_VERSION)):
         digest.update(part.encode() + b"\0")
+    if config.corpus_tokens_only:
+        digest.update(np.packbits(keep).tobytes())
     return Path(config.cache_dir) / f"tokens-{digest.hexdigest()[:24]}.npy"
 
 
@@ -278,7 +285,13 @@ class StaticDistiller:
 
         cfg = self.config
         start = time.perf_counter()
-        vectors, keep = token_vectors(self.teacher, self.tokenizer, self.own_vocab, cfg, log)
+        used = None
+        if cfg.corpus_tokens_only and self.train_texts:
+            n_vocab = self.tokenizer.get_vocab_size()
+            seen = _ids_of(self.tokenizer, self.train_texts + self.heldout, self.unk_id, cfg.max_seq_len)
+            used = np.zeros(max(n_vocab, max(self.tokenizer.get_vocab().values()) + 1), dtype=bool)
+            used[[i for row in seen for i in row]] = True
+        vectors, keep = token_vectors(self.teacher, self.tokenizer, self.own_vocab, cfg, log, used)
         self.timing["token_vectors_s"] = round(time.perf_counter() - start, 1)
         dims = min(cfg.dims or vectors.shape[1], vectors.shape[1])
         n = len(vectors)

@@ -22,6 +22,8 @@ def add_static_arguments(parser: argparse.ArgumentParser) -> None:
     add("--corpus", nargs="+", default=None, metavar="FILE",
         help="texts, one per line: token frequencies for the weights and the stage that fits the table to the "
              "teacher's sentence vectors")
+    add("--corpus-tokens-only", action="store_true",
+        help="pass only the tokens the corpus uses through the teacher (a large vocabulary, a slow teacher)")
     add("--sif-coefficient", type=float, default=1e-4, help="a in a / (a + p(token)); 0 turns weighting off")
     add("--fit-epochs", type=float, default=6.0, help="passes over the corpus when fitting (0: no fitting)")
     add("--fit-lr", type=float, default=3e-3)
@@ -42,7 +44,8 @@ def config_from_args(args: argparse.Namespace):
 
     values = {"out": args.out, "teacher": args.teacher, "vocab": args.vocab, "corpus": tuple(args.corpus or ()),
               "dims": args.dims or None, "sif_coefficient": args.sif_coefficient or None,
-              "fit_epochs": args.fit_epochs, "fit_lr": args.fit_lr}
+              "fit_epochs": args.fit_epochs, "fit_lr": args.fit_lr,
+              "corpus_tokens_only": bool(getattr(args, "corpus_tokens_only", False))}
     for name in ("teacher_prefix", "heldout", "max_texts", "max_seq_len", "threads", "seed", "cache_dir"):
         if getattr(args, name, None) is not None:
             values[name] = getattr(args, name)
