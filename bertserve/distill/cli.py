@@ -1,5 +1,5 @@
 """`bertserve finetune` and `bertserve distill` (classification; `--objective embedding` hands over to
-embed_cli when that module is present)."""
+embed_cli when that module is present, `--objective static` to static_cli)."""
 
 from __future__ import annotations
 
@@ -84,6 +84,9 @@ def run_finetune(args) -> int:
 
 
 def run_distill(args) -> int:
+    if args.objective == "static" and args.task != "ner":
+        from .static_cli import run_static_distill
+        return run_static_distill(args)
     if args.objective == "embedding" and args.task != "ner":
         module = _embed_cli()
         if module is None:
@@ -128,7 +131,7 @@ def add_parser(subparsers) -> None:
     ft.set_defaults(func=run_finetune)
 
     d = subparsers.add_parser("distill", help="distil a teacher into a smaller student")
-    d.add_argument("--objective", choices=("classification", "embedding"), default="classification")
+    d.add_argument("--objective", choices=("classification", "embedding", "static"), default="classification")
     d.add_argument("--task", choices=TASKS, default="classification", help="ner: distil a tagger (--objective ignored)")
     d.add_argument("--teacher", help="classifier folder from `bertserve finetune`")
     d.add_argument("--student", help="bert:layers=3 | bert:layers=4,hidden=312,heads=12,ff=1200 | bilstm | textcnn "
@@ -157,4 +160,6 @@ def add_parser(subparsers) -> None:
     module = _embed_cli()
     if module is not None:
         module.add_embedding_arguments(d)
+    from .static_cli import add_static_arguments
+    add_static_arguments(d)
     d.set_defaults(func=run_distill)
