@@ -10,6 +10,7 @@ import sys
 COMMAND_MODULES = [
     "bertserve.encode.cli",
     "bertserve.models.google_bert",
+    "bertserve.models.registry",
     "bertserve.search.cli",
     "bertserve.serve.cli",
     "bertserve.distill.cli",

@@ -12,7 +12,10 @@ import torch
 from bertserve.encode.backends import BACKENDS, QualityGate, make_backend
 from bertserve.encode.config import DTYPES, EncoderConfig
 from bertserve.encode.pooling import canonical_pooling, pool, width_factor
+from bertserve.encode.precision import calibration_ranges, check_precision, quantize
+from bertserve.errors import BadInput
 from bertserve.models import Checkpoint, load_checkpoint
+from bertserve.models.coverage import report_uncovered, unknown_share
 from bertserve.models.tokenizer import TextTokenizer, Tokenized
 
 
@@ -63,6 +66,8 @@ class Encoder:
         self.dim = ckpt.hidden_size * len(cfg.layers) * width_factor(cfg.pooling)
         if ckpt.dense:
             self.dim = ckpt.dense[-1][0].out_features
+        self.unknown_texts = 0  # texts seen so far that were mostly [UNK] for this model (/status counts them)
+        self._ranges = None     # int8/uint8 calibration ranges, computed on first use
         self.backend = None
         self.backend_choice = None  # for `auto`: the decision record (what was measured, what won)
         if cfg.backend == "auto":
@@ -123,6 +128,15 @@ class Encoder:
     def max_seq_len(self) -> int:
         return self.config.max_seq_len
 
+    @property
+    def name(self) -> str:
+        """The registered name it was loaded by, else its folder's name."""
+        return self.checkpoint.name or self.checkpoint.path.name
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        return dict(self.checkpoint.prompts)
+
     def info(self) -> dict:
         info = {**self.checkpoint.info(), "encoder": self.config.to_dict(), "dim": self.dim, "backend": self.backend.name}
         if self.backend_choice is not None:
@@ -130,13 +144,57 @@ class Encoder:
         return info
 
     # -- the pipeline ---------------------------------------------------------------------------------
-    def tokenize(self, texts, is_tokenized: bool = False) -> list[Tokenized]:
-        return self.tokenizer(texts, is_tokenized=is_tokenized)
+    def with_prompt(self, texts, prompt: str | None, is_tokenized: bool = False):
+        """`texts` with the model's prompt called `prompt` in front (e5: "query" -> "query: ...")."""
+        if prompt is None:
+            return texts
+        if prompt not in self.checkpoint.prompts:
+            known = ", ".join(self.checkpoint.prompts) or "none: it is used without prompts"
+            raise BadInput(f"model {self.name} has no prompt {prompt!r} (its prompts: {known})")
+        if is_tokenized:
+            raise BadInput("prompt cannot be combined with is_tokenized: put the prompt's tokens in the token lists")
+        prefix = self.checkpoint.prompts[prompt]
+        self.tokenizer._check_texts(texts, False)
+        return [prefix + t for t in texts]
+
+    def tokenize(self, texts, is_tokenized: bool = False, prompt: str | None = None) -> list[Tokenized]:
+        """Texts -> model inputs; warns (UnknownTokensWarning) when some are mostly [UNK] for this model."""
+        texts = self.with_prompt(texts, prompt, is_tokenized)
+        items = self.tokenizer(texts, is_tokenized=is_tokenized)
+        unk = self.tokenizer.unk_id
+        if unk is not None and items:
+            shares = [unknown_share(it.windows[0], it.weights[0], unk) for it in items]
+            self.unknown_texts += report_uncovered(texts, shares, self.name)
+        return items
+
+    def unknown_shares(self, texts) -> list[float]:
+        """The share of each text's content tokens the model does not know ([UNK]), without warning."""
+        items = self.tokenizer(texts)
+        return [unknown_share(it.windows[0], it.weights[0], self.tokenizer.unk_id) for it in items]
+
+    def quantization_ranges(self) -> np.ndarray:
+        """(2, dim): per-dimension min and max of this encoder's vectors on the calibration sample (int8/uint8)."""
+        if self._ranges is None:
+            self._ranges = calibration_ranges(self)
+        return self._ranges
+
+    def quantize(self, vectors: np.ndarray, precision: str) -> np.ndarray:
+        """Float vectors of this encoder -> int8 / uint8 / binary / ubinary (sentence-transformers' definitions)."""
+        check_precision(precision)
+        if precision != "float32" and self.config.pooling == "NONE":
+            raise BadInput(f"precision {precision!r} applies to one vector per text, not to pooling NONE's token vectors")
+        ranges = self.quantization_ranges() if precision in ("int8", "uint8") else None
+        return quantize(vectors, precision, ranges)
 
     def encode(self, texts, *, is_tokenized: bool = False, show_tokens: bool = False, batch_size: int | None = None,
-               progress: bool = False):
-        items = self.tokenize(texts, is_tokenized=is_tokenized)
+               progress: bool = False, prompt: str | None = None, precision: str = "float32"):
+        """Vectors of `texts`. prompt: the name of one of the model's prompts (e5: "query" or "passage");
+        precision: "float32", or "int8", "uint8", "binary", "ubinary" as sentence-transformers quantizes."""
+        check_precision(precision)
+        items = self.tokenize(texts, is_tokenized=is_tokenized, prompt=prompt)
         vectors = self.embed(items, batch_size=batch_size, progress=progress)
+        if precision != "float32":
+            vectors = self.quantize(vectors, precision)
         if show_tokens:
             return vectors, [self.tokenizer.tokens(item) for item in items]
         return vectors

