@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "bertserve_build.json"
 _STALE_SECONDS = 3600  # a temporary build folder older than this was left by a killed process
-_verified: dict[tuple[str, float], bool] = {}  # folders checked in this process (path, manifest mtime)
+_verified: set[tuple] = set()  # (folder, size and mtime of each file) already hashed by this process
 
 
 def file_sha256(path: Path) -> str:
@@ -56,18 +56,22 @@ def damage(folder: Path) -> str | None:
         files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
     except (OSError, ValueError, KeyError) as e:
         return f"no readable {MANIFEST} ({type(e).__name__})"
-    key = (str(folder), manifest.stat().st_mtime)
-    if _verified.get(key):
-        return None
+    stats = []
     for name, want in files.items():
         p = folder / name
         if not p.is_file():
             return f"{name} is missing"
-        if p.stat().st_size != want["size"]:
-            return f"{name} has {p.stat().st_size} bytes, {want['size']} were written"
-        if file_sha256(p) != want["sha256"]:
+        st = p.stat()
+        if st.st_size != want["size"]:
+            return f"{name} has {st.st_size} bytes, {want['size']} were written"
+        stats.append((name, st.st_size, st.st_mtime_ns))
+    key = (str(folder), tuple(stats))
+    if key in _verified:  # unchanged since this process hashed it
+        return None
+    for name, want in files.items():
+        if file_sha256(folder / name) != want["sha256"]:
             return f"{name} does not match the SHA-256 recorded when it was built"
-    _verified[key] = True
+    _verified.add(key)
     return None
 
 
