@@ -95,6 +95,15 @@ def test_prompt_is_the_models_own_prefix(e5):
         e5.encode(["x"], prompt="question")
 
 
+def test_explained_tokens_of_a_prompted_text_point_into_the_text(e5):
+    text = "南瓜的家常做法"
+    got = e5.explain_tokens([text], prompt="query")[0]
+    want = e5.checkpoint.tokenizer("query: " + text)["input_ids"]
+    assert got["ids"] == want and got["truncated"] is False
+    spans = [o for o in got["offsets"] if o is not None]
+    assert "".join(text[s:e] for s, e in spans) == text  # every character once, the prompt's tokens left out
+
+
 def test_hub_id_and_any_case_name_the_same_model(e5, tmp_path, monkeypatch):
     from bertserve.models.registry import resolve
 
