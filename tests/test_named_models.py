@@ -196,3 +196,22 @@ def test_calibration_ranges_are_the_models_vectors_on_the_sample(default_encoder
 def test_unknown_precision_is_refused(default_encoder):
     with pytest.raises(BadInput, match="unknown precision 'int4'"):
         default_encoder.encode(["x"], precision="int4")
+
+
+def test_a_default_prompt_applies_when_a_call_names_none(e5):
+    from bertserve import Encoder
+
+    with_default = Encoder(checkpoint=e5.checkpoint, prompt="query", backend="torch")
+    assert np.allclose(with_default.encode(["南瓜的家常做法"]), e5.encode(["query: 南瓜的家常做法"]), atol=1e-6)
+    assert np.allclose(with_default.encode(["南瓜"], prompt=""), e5.encode(["南瓜"]), atol=1e-6)  # "": none
+    with pytest.raises(ValueError, match="prompt 'question' is not one of the model's prompts"):
+        Encoder(checkpoint=e5.checkpoint, prompt="question", backend="torch")
+
+
+def test_encode_command_takes_a_name_and_a_precision(tmp_path):
+    target = tmp_path / "bits.npy"
+    assert main(["encode", "hello world", "a guitar", "--model", "paraphrase-MiniLM-L3-v2", "--precision", "ubinary",
+                 "--output", str(target), "--backend", "torch"]) == 0
+    bits = np.load(target)
+    floats = exact_encoder("paraphrase-MiniLM-L3-v2").encode(["hello world", "a guitar"])
+    assert bits.dtype == np.uint8 and np.array_equal(bits, np.packbits(floats > 0, axis=-1))

@@ -117,6 +117,9 @@ class Encoder:
         if isinstance(cfg.auto_sample, bool) or not isinstance(cfg.auto_sample, int) or cfg.auto_sample < 20:
             raise ValueError(f"auto_sample must be an int >= 20 (sentences measured by backend='auto'), "
                              f"got {cfg.auto_sample!r}")
+        if cfg.prompt is not None and cfg.prompt not in ckpt.prompts:
+            raise ValueError(f"prompt {cfg.prompt!r} is not one of the model's prompts "
+                             f"({', '.join(ckpt.prompts) or 'it has none'})")
         normalize = ckpt.default_normalize if cfg.normalize is None else bool(cfg.normalize)
         if ckpt.dense and (pooling != canonical_pooling(ckpt.default_pooling) or layers not in ((-1,), (ckpt.num_layers,))):
             raise ValueError(f"{ckpt.path} projects its own pooled last-layer vector with a Dense module; "
@@ -177,8 +180,11 @@ class Encoder:
 
     # -- the pipeline ---------------------------------------------------------------------------------
     def with_prompt(self, texts, prompt: str | None, is_tokenized: bool = False):
-        """`texts` with the model's prompt called `prompt` in front (e5: "query" -> "query: ...")."""
+        """`texts` with the model's prompt called `prompt` in front (e5: "query" -> "query: ..."); None: the
+        encoder's default prompt (config.prompt), "": none."""
         if prompt is None:
+            prompt = self.config.prompt
+        if not prompt:
             return texts
         if prompt not in self.checkpoint.prompts:
             known = ", ".join(self.checkpoint.prompts) or "none: it is used without prompts"
@@ -208,7 +214,8 @@ class Encoder:
         """Per text: the tokens and ids the model sees, their character spans in the text, and whether it was
         cut at max_seq_len (what POST /tokenize answers). Spans refer to the text as given, prompt excluded."""
         variant = self.variant(**options)
-        prefix = self.checkpoint.prompts.get(prompt, "") if prompt is not None else ""
+        prompt = self.config.prompt if prompt is None else prompt
+        prefix = self.checkpoint.prompts.get(prompt, "") if prompt else ""
         return variant.tokenizer.explain(self.with_prompt(texts, prompt), shift=len(prefix))
 
     def unknown_shares(self, texts) -> list[float]:

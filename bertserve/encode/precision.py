@@ -75,7 +75,7 @@ def calibration_ranges(encoder) -> np.ndarray:
     described = {"version": CALIBRATION_VERSION, "model": export_cache.checkpoint_content_hash(encoder.checkpoint),
                  "pooling": cfg.pooling, "layers": list(cfg.layers), "normalize": cfg.normalize,
                  "max_seq_len": cfg.max_seq_len, "mask_cls_sep": cfg.mask_cls_sep, "long_text": cfg.long_text,
-                 "english": CALIBRATION_ENGLISH, "chinese": CALIBRATION_CHINESE}
+                 "prompts": encoder.checkpoint.prompts, "english": CALIBRATION_ENGLISH, "chinese": CALIBRATION_CHINESE}
     key = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:24]
     file = export_cache.cache_root() / "calibration" / f"{key}.json"
     cached = export_cache.read_json(file)
@@ -83,7 +83,7 @@ def calibration_ranges(encoder) -> np.ndarray:
         return np.asarray(cached["ranges"], dtype=np.float32)
     texts = calibration_texts(encoder)
     log.info("calibrating int8 ranges on %d sentences (once per model and encoder settings)", len(texts))
-    vectors = encoder.encode(texts)
+    vectors = encoder.encode(texts, prompt="")  # the prompts are in the texts already
     ranges = np.vstack([vectors.min(0), vectors.max(0)]).astype(np.float32)
     export_cache.write_json(file, {"described": described, "texts": len(texts), "ranges": ranges.tolist()})
     return ranges
