@@ -223,6 +223,11 @@ class Encoder:
         items = self.tokenizer(texts)
         return [unknown_share(it.windows[0], it.weights[0], self.tokenizer.unk_id) for it in items]
 
+    @property
+    def calibrated_ranges(self) -> np.ndarray | None:
+        """The int8/uint8 ranges if they were computed already (None: no quantized call yet)."""
+        return self._ranges
+
     def quantization_ranges(self) -> np.ndarray:
         """(2, dim): per-dimension min and max of this encoder's vectors on the calibration sample (int8/uint8)."""
         if self._ranges is None:

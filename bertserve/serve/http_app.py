@@ -39,13 +39,26 @@ class EncodeRequest(BaseModel):
     show_tokens: bool = Field(False, description="include tokens (server must run with --show-tokens-to-client)")
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="base64: `result` is the raw little-endian array, with `dtype` and `shape`")
+    dtype: Precision = Field("float32", description="quantized output as sentence-transformers defines it")
+
+
+Precision = Literal["float32", "int8", "uint8", "binary", "ubinary"]
+
+
+class TokenizeRequest(BaseModel):
+    """What the model sees of each text."""
+    input: str | list[Any] = Field(description="a string or a list of strings ('a ||| b' for a pair)")
+    model: str | None = None
+    max_seq_len: int | None = Field(None, description="cut at this many tokens (default: the server's)")
 
 
 class EmbeddingsRequest(BaseModel):
     """OpenAI's embeddings body."""
     input: str | list[Any] = Field(description="a string or a list of strings")
     model: str | None = None
-    encoding_format: Literal["float", "base64"] = "float"
+    encoding_format: Literal["float", "base64", "int8", "uint8", "binary", "ubinary"] = Field(
+        "float", description="float/base64 as OpenAI; int8, uint8, binary, ubinary: quantized integer lists")
+    dtype: Precision | None = Field(None, description="quantized output with encoding_format base64")
     dimensions: int | None = Field(None, ge=1)
     user: str | None = None
 
@@ -68,15 +81,16 @@ def make_app(state: ServerState, routers: tuple[APIRouter, ...] = ()) -> FastAPI
         if req.show_tokens and not cfg.show_tokens_to_client:
             raise ApiError(400, "show_tokens is disabled on this server (start it with --show-tokens-to-client)")
         enc = await _encode(state, req.texts, req.is_tokenized, req.show_tokens)
+        vectors = await _quantized(state, enc.vectors, req.dtype)
         body: dict[str, Any] = {"id": req.id}
         if req.encoding_format == "base64":
-            arr = np.ascontiguousarray(enc.vectors.astype(enc.vectors.dtype.newbyteorder("<")))
+            arr = np.ascontiguousarray(vectors.astype(vectors.dtype.newbyteorder("<")))
             body.update(result=base64.b64encode(arr.tobytes()).decode(), dtype=arr.dtype.name, shape=arr.shape)
         else:
-            body["result"] = enc.vectors
+            body["result"] = vectors
         if req.show_tokens:
             body["tokens"] = enc.tokens
-        return await _json(body, enc.vectors.size)
+        return await _json(body, vectors.size)
 
     @api.post("/v1/embeddings", summary="OpenAI embeddings")
     async def embeddings(req: EmbeddingsRequest) -> Response:
@@ -95,12 +109,17 @@ def make_app(state: ServerState, routers: tuple[APIRouter, ...] = ()) -> FastAPI
                 raise ApiError(400, f"model {state.model_name} was not trained for shortened vectors "
                                f"(Matryoshka); dimensions must be {dim} or left out "
                                "(start the server with --allow-dimensions to truncate anyway)")
+        precision = req.dtype or (req.encoding_format if req.encoding_format not in ("float", "base64") else "float32")
+        if precision != "float32" and req.dimensions is not None and req.dimensions < dim:
+            raise ApiError(400, f"dimensions cannot be combined with quantized output ({precision}): the "
+                           "calibration ranges belong to the full vector")
         enc = await _encode(state, texts, False)
         vectors = enc.vectors.astype("<f4", copy=False)
         if req.dimensions is not None and req.dimensions < dim:
             vectors = vectors[:, :req.dimensions]
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             vectors = vectors / np.where(norms > 0, norms, 1)
+        vectors = await _quantized(state, vectors, precision)
         if req.encoding_format == "base64":
             rows = [base64.b64encode(np.ascontiguousarray(v).tobytes()).decode() for v in vectors]
         else:
@@ -115,6 +134,19 @@ def make_app(state: ServerState, routers: tuple[APIRouter, ...] = ()) -> FastAPI
     async def models() -> dict:
         return {"object": "list", "data": [{"id": state.model_name, "object": "model",
                                             "created": int(state.started_at), "owned_by": "bertserve"}]}
+
+    @api.post("/tokenize", summary="the tokens, ids and character spans the model sees of each text")
+    async def tokenize(req: TokenizeRequest) -> Response:
+        texts = [req.input] if isinstance(req.input, str) else req.input
+        if not texts:
+            raise ApiError(400, "input is empty: send at least one text")
+        if len(texts) > cfg.max_request_texts:
+            raise ApiError(413, f"{len(texts)} texts in one request; this server accepts at most "
+                           f"{cfg.max_request_texts} per request", "request_too_large")
+        results = await to_thread.run_sync(lambda: state.encoder.explain_tokens(texts, max_seq_len=req.max_seq_len))
+        body = {"object": "list", "model": state.model_name,
+                "data": [{"object": "tokens", "index": i, **r} for i, r in enumerate(results)]}
+        return await _json(body, sum(r["num_tokens"] for r in results) * 4)
 
     @api.get("/status", summary="server config and statistics (bert-as-service server_status)")
     @api.get("/status/server", include_in_schema=False)
@@ -143,6 +175,13 @@ def make_app(state: ServerState, routers: tuple[APIRouter, ...] = ()) -> FastAPI
 
 async def _encode(state: ServerState, texts, is_tokenized, show_tokens=False):
     return await asyncio.wrap_future(state.batcher.submit(texts, is_tokenized, show_tokens))
+
+
+async def _quantized(state: ServerState, vectors: np.ndarray, precision: str) -> np.ndarray:
+    """Vectors in the asked precision; the first int8/uint8 request calibrates (off the event loop)."""
+    if precision == "float32":
+        return vectors
+    return await to_thread.run_sync(state.encoder.quantize, vectors, precision)
 
 
 async def _json(body: dict, n_floats: int) -> Response:

@@ -37,6 +37,9 @@ class ServerState:
     def model_name(self) -> str:
         if self.config.served_model_name:
             return self.config.served_model_name
+        name = getattr(getattr(self.encoder, "checkpoint", None), "name", None)  # a registered model's name
+        if name:
+            return name
         if self.config.encoder.model is None:
             return DEFAULT_MODEL_NAME
         return Path(self.config.encoder.model).resolve().name
@@ -65,6 +68,8 @@ class ServerState:
             pooling_layer=_plain(enc.config.layers),
             normalize=_plain(enc.config.normalize),
             backend=getattr(enc.backend, "name", None),  # what `auto` chose, where it was asked for
+            prompts=dict(getattr(enc.checkpoint, "prompts", {}) or {}),
+            default_prompt=getattr(enc.config, "prompt", None),
         )
         return cfg
 
@@ -74,5 +79,9 @@ class ServerState:
         stats = self.metrics.snapshot()
         status.update(stats)
         status["statistic"] = stats
+        # texts mostly [UNK] for the model: a sign that it does not cover their language
+        status["unknown_token_texts"] = getattr(self.encoder, "unknown_texts", 0)
+        ranges = getattr(self.encoder, "calibrated_ranges", None)  # int8/uint8 calibration, once a request asked for it
+        status["quantization_ranges"] = None if ranges is None else ranges.tolist()
         status["server_current_time"] = time.strftime("%Y-%m-%d %H:%M:%S")
         return status

@@ -1,0 +1,81 @@
+"""A real server on loopback serving named models: /tokenize against the model's tokenizer, quantized output
+against sentence-transformers' quantize_embeddings, prompts (input_type), per-request options against an
+in-process Encoder, and the unknown-token count in /status."""
+from __future__ import annotations
+
+import base64
+
+import httpx
+import numpy as np
+import pytest
+
+from bertserve.serve.process import ServerProcess
+
+pytestmark = pytest.mark.timeout(600)
+ATOL = 2e-5
+TEXTS = ["A man is playing a guitar.", "The bank raised interest rates on Tuesday.", "hello"]
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = ServerProcess("--no-zmq", "--max-request-texts", "50", startup_timeout=400)
+    yield srv
+    assert srv.stop() == 0, srv.log_text()[-2000:]
+
+
+@pytest.fixture
+def http(server):
+    with httpx.Client(base_url=server.url, timeout=300) as h:
+        yield h
+
+
+def test_tokenize_equals_the_models_tokenizer(http, default_encoder):
+    texts = TEXTS + ["Is it a pair ||| yes it is", "word " * 300]
+    r = http.post("/tokenize", json={"input": texts})
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]
+    tok = default_encoder.checkpoint.tokenizer
+    for text, row in zip(texts, data):
+        a, _, b = (p.strip() for p in text.partition("|||"))
+        want = tok(a, b or None, truncation=True, max_length=default_encoder.max_seq_len)["input_ids"]
+        assert row["ids"] == want and row["tokens"] == tok.convert_ids_to_tokens(want)
+    assert [row["truncated"] for row in data] == [False, False, False, False, True]
+    assert data[0]["offsets"][0] is None and data[0]["offsets"][1] == [0, 1]  # [CLS], then "a" = text[0:1]
+    r = http.post("/tokenize", json={"input": "hello world", "max_seq_len": 3})
+    assert r.json()["data"][0]["tokens"] == ["[CLS]", "hello", "[SEP]"] and r.json()["data"][0]["truncated"]
+    r = http.post("/tokenize", json={"input": ["x"] * 51})
+    assert r.status_code == 413 and r.json()["error"]["type"] == "request_too_large"
+    r = http.post("/tokenize", json={"input": "x", "max_seq_len": 99999})
+    assert r.status_code == 400 and "max_seq_len" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("precision", ["int8", "uint8", "binary", "ubinary"])
+def test_quantized_output_over_http_equals_sentence_transformers(http, default_encoder, precision):
+    from sentence_transformers.util.quantization import quantize_embeddings
+
+    floats = default_encoder.encode(TEXTS)
+    r = http.post("/v1/embeddings", json={"input": TEXTS, "encoding_format": precision})
+    assert r.status_code == 200, r.text
+    got = np.array([d["embedding"] for d in r.json()["data"]])
+    ranges = np.asarray(http.get("/status").json()["quantization_ranges"], dtype=np.float32) \
+        if precision.endswith("int8") else None
+    want = quantize_embeddings(floats, precision, ranges=ranges)
+    # a float differing in its last bit can fall on the other side of a bucket edge; allow one bucket, rarely
+    assert np.abs(got - want.astype(int)).max() <= 1 and (got != want).mean() < 0.01
+    r = http.post("/encode", json={"texts": TEXTS, "dtype": precision, "encoding_format": "base64"})
+    body = r.json()
+    arr = np.frombuffer(base64.b64decode(body["result"]), dtype=body["dtype"]).reshape(body["shape"])
+    assert arr.dtype == want.dtype and np.array_equal(arr, got.astype(want.dtype))
+
+
+def test_quantized_output_refuses_bad_combinations(http):
+    r = http.post("/v1/embeddings", json={"input": "x", "encoding_format": "int4"})
+    assert r.status_code == 400
+    r = http.post("/v1/embeddings", json={"input": "x", "encoding_format": "int8", "dimensions": 128})
+    assert r.status_code == 400 and "dimensions" in r.json()["error"]["message"]
+
+
+def test_status_counts_texts_the_model_does_not_cover(http):
+    before = http.get("/status").json()["unknown_token_texts"]
+    assert http.post("/v1/embeddings", json={"input": ["今天天气很好", "股票市场大跌", "fine English"]}).status_code == 200
+    assert http.get("/status").json()["unknown_token_texts"] - before == 2
