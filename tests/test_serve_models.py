@@ -79,3 +79,53 @@ def test_status_counts_texts_the_model_does_not_cover(http):
     before = http.get("/status").json()["unknown_token_texts"]
     assert http.post("/v1/embeddings", json={"input": ["今天天气很好", "股票市场大跌", "fine English"]}).status_code == 200
     assert http.get("/status").json()["unknown_token_texts"] - before == 2
+
+
+@pytest.mark.parametrize("options", [
+    {"pooling": "CLS_TOKEN"},
+    {"pooling": "REDUCE_MAX", "layers": [-2], "normalize": True},
+    {"layers": [-1, -2]},
+    {"max_seq_len": 6},
+])
+def test_per_request_options_equal_an_encoder_configured_so(http, options):
+    from conftest import exact_encoder
+
+    want = exact_encoder(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}).encode(TEXTS)
+    r = http.post("/v1/embeddings", json={"input": TEXTS, **options})
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose([d["embedding"] for d in r.json()["data"]], want, atol=ATOL)
+    r = http.post("/encode", json={"texts": TEXTS, **options})
+    np.testing.assert_allclose(r.json()["result"], want, atol=ATOL)
+
+
+def test_concurrent_requests_with_different_poolings(server, default_encoder):
+    import asyncio
+
+    from conftest import exact_encoder
+
+    kinds = [{}, {"pooling": "CLS_TOKEN"}, {"pooling": "NONE", "max_seq_len": 12}, {"layers": [0]}] * 3
+
+    async def run():
+        async with httpx.AsyncClient(base_url=server.url, timeout=300) as h:
+            return await asyncio.gather(*(h.post("/encode", json={"texts": TEXTS, **o}) for o in kinds))
+
+    answers = asyncio.run(run())
+    for options, r in zip(kinds, answers):
+        assert r.status_code == 200, r.text
+        options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+        want = exact_encoder(**options).encode(TEXTS) if options else default_encoder.encode(TEXTS)
+        np.testing.assert_allclose(r.json()["result"], want, atol=ATOL)
+
+
+@pytest.mark.parametrize("body, match", [
+    ({"pooling": "AVERAGE"}, "unknown pooling"),
+    ({"layers": [7]}, "layer 7 is out of range"),
+    ({"max_seq_len": 1}, "max_seq_len"),
+    ({"input_type": "query"}, "no prompt 'query'"),
+    ({"pooling": "NONE"}, "POST /encode"),
+    ({"encoding_format": "int8", "pooling": "CLS_TOKEN"}, "per-request pooling"),
+])
+def test_bad_request_options_are_400_naming_the_option(http, body, match):
+    r = http.post("/v1/embeddings", json={"input": TEXTS, **body})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", r.text
+    assert match in r.json()["error"]["message"]

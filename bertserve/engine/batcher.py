@@ -55,13 +55,14 @@ class Encoded:
 
 
 class _Job:
-    __slots__ = ("texts", "is_tokenized", "show_tokens", "future", "items", "tokens", "next", "left", "rows",
-                 "pending_tokens", "failed")
+    __slots__ = ("texts", "is_tokenized", "show_tokens", "options", "future", "items", "tokens", "next", "left",
+                 "rows", "pending_tokens", "failed")
 
-    def __init__(self, texts, is_tokenized, show_tokens):
+    def __init__(self, texts, is_tokenized, show_tokens, options):
         self.texts = texts
         self.is_tokenized = is_tokenized
         self.show_tokens = show_tokens
+        self.options = options  # the encoder's tokenize options: prompt, variant (one request's own settings)
         self.tokens = []
         self.future = Future()
         self.items = None
@@ -101,8 +102,9 @@ class Batcher:
     def queued_texts(self) -> int:
         return self._queued
 
-    def submit(self, texts, is_tokenized: bool = False, show_tokens: bool = False) -> Future:
-        """Accept a request or refuse it at once; the Future resolves to an Encoded or raises the error."""
+    def submit(self, texts, is_tokenized: bool = False, show_tokens: bool = False, **options) -> Future:
+        """Accept a request or refuse it at once; the Future resolves to an Encoded or raises the error.
+        `options` go to the encoder's tokenize (prompt=, variant=: requests with different ones share batches)."""
         if not isinstance(texts, list):
             raise TypeError(f"texts must be a list of {'token lists' if is_tokenized else 'strings'}, "
                             f"got {type(texts).__name__}")
@@ -119,7 +121,7 @@ class Batcher:
                 raise QueueFull(f"server queue is full ({self._queued} texts waiting, limit "
                                 f"{self.max_queue_texts}); retry later")
             self._queued += n
-        job = _Job(texts, is_tokenized, show_tokens)
+        job = _Job(texts, is_tokenized, show_tokens, options)
         self._to_tokenize.put(job)
         return job.future
 
@@ -150,9 +152,10 @@ class Batcher:
     def _tokenize_loop(self):
         while (job := self._to_tokenize.get()) is not None:
             try:
-                items = self.encoder.tokenize(job.texts, is_tokenized=job.is_tokenized)
+                items = self.encoder.tokenize(job.texts, is_tokenized=job.is_tokenized, **job.options)
                 if job.show_tokens:
-                    job.tokens = [self.encoder.tokenizer.tokens(it) for it in items]
+                    tokenizer = getattr(job.options.get("variant"), "tokenizer", None) or self.encoder.tokenizer
+                    job.tokens = [tokenizer.tokens(it) for it in items]
             except Exception as e:  # the caller's bad input: it gets the error, the server goes on
                 self._release(len(job.texts))
                 _resolve(job.future, error=e)

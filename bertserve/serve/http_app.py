@@ -30,7 +30,19 @@ from bertserve.serve.state import ServerState
 INLINE_FLOATS = 64 * 1024
 
 
-class EncodeRequest(BaseModel):
+class EncodeOptions(BaseModel):
+    """Per-request choices on top of the server's settings; requests with different ones share batches."""
+    input_type: str | None = Field(None, description="the model's prompt to put in front of each text "
+                                   "(multilingual-e5-small: query or passage; 'document' means passage)")
+    prompt: str | None = Field(None, description="the same as input_type")
+    pooling: str | None = Field(None, description="REDUCE_MEAN, CLS_TOKEN, REDUCE_MAX, ... (default: the server's)")
+    layers: int | list[int] | None = Field(None, description="hidden layer(s) to pool, e.g. -1 or [-1, -2]")
+    normalize: bool | None = None
+    max_seq_len: int | None = None
+    long_text: Literal["truncate", "chunk"] | None = None
+
+
+class EncodeRequest(EncodeOptions):
     """bert-as-service's HTTP body, plus optional fields it did not have."""
     id: int | str | None = None
     # items are checked by the tokenizer, so both protocols word a bad text the same way
@@ -49,10 +61,11 @@ class TokenizeRequest(BaseModel):
     """What the model sees of each text."""
     input: str | list[Any] = Field(description="a string or a list of strings ('a ||| b' for a pair)")
     model: str | None = None
+    input_type: str | None = Field(None, description="the model's prompt to put in front of each text")
     max_seq_len: int | None = Field(None, description="cut at this many tokens (default: the server's)")
 
 
-class EmbeddingsRequest(BaseModel):
+class EmbeddingsRequest(EncodeOptions):
     """OpenAI's embeddings body."""
     input: str | list[Any] = Field(description="a string or a list of strings")
     model: str | None = None
@@ -80,7 +93,11 @@ def make_app(state: ServerState, routers: tuple[APIRouter, ...] = ()) -> FastAPI
                            else "is_tokenized is true but texts holds strings, not token lists")
         if req.show_tokens and not cfg.show_tokens_to_client:
             raise ApiError(400, "show_tokens is disabled on this server (start it with --show-tokens-to-client)")
-        enc = await _encode(state, req.texts, req.is_tokenized, req.show_tokens)
+        options = _request_options(state.encoder, req)
+        if req.dtype != "float32" and "variant" in options:
+            raise ApiError(400, f"dtype {req.dtype} is calibrated for the server's own pooling and layers; it cannot "
+                           "be combined with per-request pooling, layers, normalize or max_seq_len")
+        enc = await _encode(state, req.texts, req.is_tokenized, req.show_tokens, **options)
         vectors = await _quantized(state, enc.vectors, req.dtype)
         body: dict[str, Any] = {"id": req.id}
         if req.encoding_format == "base64":
@@ -98,10 +115,11 @@ def make_app(state: ServerState, routers: tuple[APIRouter, ...] = ()) -> FastAPI
         first = texts[0] if texts else None
         if isinstance(first, int) or (isinstance(first, list) and first and isinstance(first[0], int)):
             raise ApiError(400, "input as token ids is not supported here: send a string or a list of strings")
-        if state.pools_per_token:
-            raise ApiError(400, "this server pools per token (pooling NONE), which gives no single vector per "
-                           "input; use POST /encode")
-        dim = state.encoder.dim
+        options = _request_options(state.encoder, req)
+        variant = options.get("variant", state.encoder.base)
+        if variant.config.pooling == "NONE":
+            raise ApiError(400, "pooling NONE gives token vectors, not one vector per input; use POST /encode")
+        dim = variant.dim
         if req.dimensions is not None and req.dimensions != dim:
             if req.dimensions > dim:
                 raise ApiError(400, f"dimensions={req.dimensions} exceeds the model's {dim}")
@@ -113,7 +131,10 @@ def make_app(state: ServerState, routers: tuple[APIRouter, ...] = ()) -> FastAPI
         if precision != "float32" and req.dimensions is not None and req.dimensions < dim:
             raise ApiError(400, f"dimensions cannot be combined with quantized output ({precision}): the "
                            "calibration ranges belong to the full vector")
-        enc = await _encode(state, texts, False)
+        if precision != "float32" and "variant" in options:
+            raise ApiError(400, f"encoding_format {precision} is calibrated for the server's own pooling and layers; "
+                           "it cannot be combined with per-request pooling, layers, normalize or max_seq_len")
+        enc = await _encode(state, texts, False, **options)
         vectors = enc.vectors.astype("<f4", copy=False)
         if req.dimensions is not None and req.dimensions < dim:
             vectors = vectors[:, :req.dimensions]
@@ -143,7 +164,9 @@ def make_app(state: ServerState, routers: tuple[APIRouter, ...] = ()) -> FastAPI
         if len(texts) > cfg.max_request_texts:
             raise ApiError(413, f"{len(texts)} texts in one request; this server accepts at most "
                            f"{cfg.max_request_texts} per request", "request_too_large")
-        results = await to_thread.run_sync(lambda: state.encoder.explain_tokens(texts, max_seq_len=req.max_seq_len))
+        prompt = _prompt_name(state.encoder, req.input_type)
+        results = await to_thread.run_sync(
+            lambda: state.encoder.explain_tokens(texts, prompt=prompt, max_seq_len=req.max_seq_len))
         body = {"object": "list", "model": state.model_name,
                 "data": [{"object": "tokens", "index": i, **r} for i, r in enumerate(results)]}
         return await _json(body, sum(r["num_tokens"] for r in results) * 4)
@@ -173,8 +196,39 @@ def make_app(state: ServerState, routers: tuple[APIRouter, ...] = ()) -> FastAPI
     return app
 
 
-async def _encode(state: ServerState, texts, is_tokenized, show_tokens=False):
-    return await asyncio.wrap_future(state.batcher.submit(texts, is_tokenized, show_tokens))
+async def _encode(state: ServerState, texts, is_tokenized, show_tokens=False, **options):
+    return await asyncio.wrap_future(state.batcher.submit(texts, is_tokenized, show_tokens, **options))
+
+
+# what other embedding APIs call the e5 prompts (Cohere's search_document, Voyage's document, ...)
+_INPUT_TYPE_ALIASES = {"document": "passage", "search_document": "passage", "search_query": "query"}
+
+
+def _prompt_name(encoder, input_type: str | None) -> str | None:
+    """The model's prompt an `input_type` names (checked now, so a bad one is a 400 before any work)."""
+    if input_type is None:
+        return None
+    prompts = getattr(encoder, "prompts", {})
+    name = input_type if input_type in prompts or input_type == "" else _INPUT_TYPE_ALIASES.get(input_type, input_type)
+    encoder.with_prompt([], name)  # raises BadInput naming the model's prompts
+    return name
+
+
+def _request_options(encoder, req: EncodeOptions) -> dict:
+    """The batcher's tokenize options for this request: its prompt and its variant (own pooling, layers...)."""
+    if req.input_type is not None and req.prompt is not None and req.input_type != req.prompt:
+        raise ApiError(400, "input_type and prompt name the same thing; give one")
+    options = {}
+    prompt = _prompt_name(encoder, req.input_type if req.input_type is not None else req.prompt)
+    if prompt is not None:
+        options["prompt"] = prompt
+    chosen = {k: getattr(req, k) for k in ("pooling", "layers", "normalize", "max_seq_len", "long_text")
+              if getattr(req, k) is not None}
+    if chosen:
+        variant = encoder.variant(**chosen)
+        if variant is not encoder.base:
+            options["variant"] = variant
+    return options
 
 
 async def _quantized(state: ServerState, vectors: np.ndarray, precision: str) -> np.ndarray:
