@@ -16,14 +16,15 @@ from typing import Any, Literal
 import numpy as np
 from anyio import to_thread
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import bertserve
-from bertserve.serve.errors import ApiError, classify
+from bertserve.console import STATIC_DIR
+from bertserve.errors import BadInput, TooLarge, Unauthorized
+from bertserve.serve.errors import error_response, install_error_handlers
 from bertserve.serve.state import ServerState
 
 # beyond this many floats, serializing the answer moves off the event loop so other requests keep flowing
@@ -82,20 +83,20 @@ def make_app(state: ServerState, routers: tuple[APIRouter, ...] = ()) -> FastAPI
     app = FastAPI(title="bertserve", version=getattr(bertserve, "__version__", "0"),
                   description="Text to vectors with BERT-family models: bert-as-service and OpenAI compatible.")
     app.state.bertserve = state
-    _install_error_handlers(app, state)
+    install_error_handlers(app, state.metrics)
     api = APIRouter(dependencies=[Depends(_api_key_check(cfg.api_key))])
 
     @api.post("/encode", summary="bert-as-service encode")
     async def encode(req: EncodeRequest) -> Response:
         tokenized_input = bool(req.texts) and isinstance(req.texts[0], list)
         if tokenized_input != req.is_tokenized:
-            raise ApiError(400, "texts holds token lists but is_tokenized is false" if tokenized_input
+            raise BadInput("texts holds token lists but is_tokenized is false" if tokenized_input
                            else "is_tokenized is true but texts holds strings, not token lists")
         if req.show_tokens and not cfg.show_tokens_to_client:
-            raise ApiError(400, "show_tokens is disabled on this server (start it with --show-tokens-to-client)")
-        options = _request_options(state.encoder, req)
-        if req.dtype != "float32" and "variant" in options:
-            raise ApiError(400, f"dtype {req.dtype} is calibrated for the server's own pooling and layers; it cannot "
+            raise BadInput("show_tokens is disabled on this server (start it with --show-tokens-to-client)")
+        options, variant = _request_options(state.encoder, req)
+        if req.dtype != "float32" and variant is not state.encoder.base:
+            raise BadInput(f"dtype {req.dtype} is calibrated for the server's own pooling and layers; it cannot "
                            "be combined with per-request pooling, layers, normalize or max_seq_len")
         enc = await _encode(state, req.texts, req.is_tokenized, req.show_tokens, **options)
         vectors = await _quantized(state, enc.vectors, req.dtype)
@@ -114,25 +115,24 @@ def make_app(state: ServerState, routers: tuple[APIRouter, ...] = ()) -> FastAPI
         texts = [req.input] if isinstance(req.input, str) else req.input
         first = texts[0] if texts else None
         if isinstance(first, int) or (isinstance(first, list) and first and isinstance(first[0], int)):
-            raise ApiError(400, "input as token ids is not supported here: send a string or a list of strings")
-        options = _request_options(state.encoder, req)
-        variant = options.get("variant", state.encoder.base)
+            raise BadInput("input as token ids is not supported here: send a string or a list of strings")
+        options, variant = _request_options(state.encoder, req)
         if variant.config.pooling == "NONE":
-            raise ApiError(400, "pooling NONE gives token vectors, not one vector per input; use POST /encode")
+            raise BadInput("pooling NONE gives token vectors, not one vector per input; use POST /encode")
         dim = variant.dim
         if req.dimensions is not None and req.dimensions != dim:
             if req.dimensions > dim:
-                raise ApiError(400, f"dimensions={req.dimensions} exceeds the model's {dim}")
+                raise BadInput(f"dimensions={req.dimensions} exceeds the model's {dim}")
             if not cfg.allow_dimensions:
-                raise ApiError(400, f"model {state.model_name} was not trained for shortened vectors "
+                raise BadInput(f"model {state.model_name} was not trained for shortened vectors "
                                f"(Matryoshka); dimensions must be {dim} or left out "
                                "(start the server with --allow-dimensions to truncate anyway)")
         precision = req.dtype or (req.encoding_format if req.encoding_format not in ("float", "base64") else "float32")
         if precision != "float32" and req.dimensions is not None and req.dimensions < dim:
-            raise ApiError(400, f"dimensions cannot be combined with quantized output ({precision}): the "
+            raise BadInput(f"dimensions cannot be combined with quantized output ({precision}): the "
                            "calibration ranges belong to the full vector")
-        if precision != "float32" and "variant" in options:
-            raise ApiError(400, f"encoding_format {precision} is calibrated for the server's own pooling and layers; "
+        if precision != "float32" and variant is not state.encoder.base:
+            raise BadInput(f"encoding_format {precision} is calibrated for the server's own pooling and layers; "
                            "it cannot be combined with per-request pooling, layers, normalize or max_seq_len")
         enc = await _encode(state, texts, False, **options)
         vectors = enc.vectors.astype("<f4", copy=False)
@@ -160,10 +160,10 @@ def make_app(state: ServerState, routers: tuple[APIRouter, ...] = ()) -> FastAPI
     async def tokenize(req: TokenizeRequest) -> Response:
         texts = [req.input] if isinstance(req.input, str) else req.input
         if not texts:
-            raise ApiError(400, "input is empty: send at least one text")
+            raise BadInput("input is empty: send at least one text")
         if len(texts) > cfg.max_request_texts:
-            raise ApiError(413, f"{len(texts)} texts in one request; this server accepts at most "
-                           f"{cfg.max_request_texts} per request", "request_too_large")
+            raise TooLarge(f"{len(texts)} texts in one request; this server accepts at most "
+                           f"{cfg.max_request_texts} per request")
         prompt = _prompt_name(state.encoder, req.input_type)
         results = await to_thread.run_sync(
             lambda: state.encoder.explain_tokens(texts, prompt=prompt, max_seq_len=req.max_seq_len))
@@ -185,6 +185,12 @@ def make_app(state: ServerState, routers: tuple[APIRouter, ...] = ()) -> FastAPI
         closing = state.batcher.closing
         return JSONResponse({"status": "shutting_down" if closing else "ok"}, status_code=503 if closing else 200)
 
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/ui/")
+
+    # the console's files are public; every call it makes goes through the API key like any client's
+    app.mount("/ui", StaticFiles(directory=STATIC_DIR, html=True), name="console")
     app.include_router(api)
     for router in routers:
         app.include_router(router, dependencies=[Depends(_api_key_check(cfg.api_key))])
@@ -197,7 +203,8 @@ def make_app(state: ServerState, routers: tuple[APIRouter, ...] = ()) -> FastAPI
 
 
 async def _encode(state: ServerState, texts, is_tokenized, show_tokens=False, **options):
-    return await asyncio.wrap_future(state.batcher.submit(texts, is_tokenized, show_tokens, **options))
+    return await asyncio.wrap_future(state.batcher.submit(texts, is_tokenized=is_tokenized, show_tokens=show_tokens,
+                                                          **options))
 
 
 # what other embedding APIs call the e5 prompts (Cohere's search_document, Voyage's document, ...)
@@ -214,21 +221,18 @@ def _prompt_name(encoder, input_type: str | None) -> str | None:
     return name
 
 
-def _request_options(encoder, req: EncodeOptions) -> dict:
-    """The batcher's tokenize options for this request: its prompt and its variant (own pooling, layers...)."""
+def _request_options(encoder, req: EncodeOptions) -> tuple[dict, object]:
+    """The encode engine's prepare options for this request (its prompt, its own pooling, layers, ...) and the
+    variant they make, both checked now so a bad one is a 400 before the request is queued."""
     if req.input_type is not None and req.prompt is not None and req.input_type != req.prompt:
-        raise ApiError(400, "input_type and prompt name the same thing; give one")
-    options = {}
+        raise BadInput("input_type and prompt name the same thing; give one")
+    options = {k: getattr(req, k) for k in ("pooling", "layers", "normalize", "max_seq_len", "long_text")
+               if getattr(req, k) is not None}
+    variant = encoder.variant(**options)
     prompt = _prompt_name(encoder, req.input_type if req.input_type is not None else req.prompt)
     if prompt is not None:
         options["prompt"] = prompt
-    chosen = {k: getattr(req, k) for k in ("pooling", "layers", "normalize", "max_seq_len", "long_text")
-              if getattr(req, k) is not None}
-    if chosen:
-        variant = encoder.variant(**chosen)
-        if variant is not encoder.base:
-            options["variant"] = variant
-    return options
+    return options, variant
 
 
 async def _quantized(state: ServerState, vectors: np.ndarray, precision: str) -> np.ndarray:
@@ -267,43 +271,8 @@ def _api_key_check(api_key: str | None):
         auth = request.headers.get("authorization", "")
         given = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
         if not hmac.compare_digest(given.encode(), expected):
-            raise ApiError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')", "authentication_error")
+            raise Unauthorized("missing or wrong API key (send 'Authorization: Bearer KEY')")
     return check
-
-
-def error_response(state: ServerState, status: int, type_: str, message: str) -> JSONResponse:
-    state.metrics.observe_error("http", type_)
-    # busy or shutting down: tell clients when trying again makes sense
-    headers = {"Retry-After": "1"} if status in (429, 503) else None
-    return JSONResponse({"error": {"message": message, "type": type_, "code": status}}, status_code=status,
-                        headers=headers)
-
-
-def _install_error_handlers(app: FastAPI, state: ServerState):
-    async def validation(request, exc: RequestValidationError):
-        parts = []
-        for err in exc.errors()[:5]:
-            loc = ".".join(str(p) for p in err.get("loc", ())[1:]) or "body"
-            if err.get("type") == "json_invalid":
-                parts.append(f"request body is not valid JSON ({err.get('ctx', {}).get('error', 'decode error')})")
-            elif loc == "body" and err.get("type") in ("model_attributes_type", "dict_type"):
-                parts.append("request body must be a JSON object (sent with Content-Type: application/json)")
-            else:
-                parts.append(f"{loc}: {err.get('msg')}")
-        return error_response(state, 400, "invalid_request_error", "; ".join(parts) or "invalid request")
-
-    async def http_error(request, exc: StarletteHTTPException):
-        type_ = {401: "authentication_error", 404: "not_found", 405: "method_not_allowed"}.get(
-            exc.status_code, "invalid_request_error" if exc.status_code < 500 else "internal_error")
-        return error_response(state, exc.status_code, type_, str(exc.detail))
-
-    async def known(request, exc: Exception):
-        return error_response(state, *classify(exc))
-
-    app.add_exception_handler(RequestValidationError, validation)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    for cls in (ApiError, RuntimeError, ValueError, TypeError, Exception):
-        app.add_exception_handler(cls, known)
 
 
 class _BodyLimit:
@@ -345,8 +314,8 @@ class _BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope, receive, send):
-        resp = error_response(self.state, 413, "request_too_large",
-                              f"request body over the server's limit of {self.limit} bytes")
+        resp = error_response(413, TooLarge.type, f"request body over the server's limit of {self.limit} bytes",
+                              self.state.metrics)
         await resp(scope, receive, send)
 
 
