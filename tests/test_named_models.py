@@ -32,8 +32,8 @@ MIXED = ["how much protein should a female eat", "南瓜的家常做法", "人�
 
 
 @pytest.fixture(scope="session")
-def e5():
-    return exact_encoder("multilingual-e5-small")
+def e5(e5_encoder):
+    return e5_encoder
 
 
 def test_available_lists_the_three_models_with_their_facts():

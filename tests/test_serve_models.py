@@ -129,3 +129,61 @@ def test_bad_request_options_are_400_naming_the_option(http, body, match):
     r = http.post("/v1/embeddings", json={"input": TEXTS, **body})
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", r.text
     assert match in r.json()["error"]["message"]
+
+
+# ---- several models in one server ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def two_models():
+    srv = ServerProcess("--model", "all-MiniLM-L6-v2", "--model", "zh=multilingual-e5-small", "--zmq-model", "zh",
+                        startup_timeout=600)
+    yield srv
+    assert srv.stop() == 0, srv.log_text()[-2000:]
+
+
+ZH = ["今天天气很好", "股市今天暴跌", "这个饭馆的饭菜味道很棒"]
+
+
+def test_openai_client_chooses_each_model(two_models, default_encoder, e5_encoder):
+    import openai
+
+    client = openai.OpenAI(base_url=two_models.url + "/v1", api_key="unused", max_retries=0)
+    assert [m.id for m in client.models.list().data] == ["all-MiniLM-L6-v2", "zh"]
+    en = client.embeddings.create(model="all-MiniLM-L6-v2", input=TEXTS)
+    np.testing.assert_allclose([d.embedding for d in en.data], default_encoder.encode(TEXTS), atol=ATOL)
+    zh = client.embeddings.create(model="zh", input=ZH, extra_body={"input_type": "query"})
+    assert zh.model == "zh"
+    np.testing.assert_allclose([d.embedding for d in zh.data], e5_encoder.encode(ZH, prompt="query"), atol=ATOL)
+    # the registered name works beside the alias
+    again = client.embeddings.create(model="multilingual-e5-small", input=ZH[:1], extra_body={"input_type": "query"})
+    np.testing.assert_allclose(again.data[0].embedding, zh.data[0].embedding, atol=ATOL)
+    with pytest.raises(openai.NotFoundError) as info:
+        client.embeddings.create(model="bge-small-zh", input=["x"])
+    assert "served models: all-MiniLM-L6-v2, zh" in str(info.value)
+
+
+def test_encode_tokenize_and_zeromq_reach_the_named_model(two_models, e5_encoder):
+    from bert_serving.client import BertClient
+
+    with httpx.Client(base_url=two_models.url, timeout=300) as h:
+        r = h.post("/encode", json={"texts": ZH, "model": "zh", "input_type": "passage", "pooling": "CLS_TOKEN"})
+        assert r.status_code == 200, r.text
+        want = exact_encoder_like(e5_encoder, pooling="CLS_TOKEN").encode(ZH, prompt="passage")
+        np.testing.assert_allclose(r.json()["result"], want, atol=ATOL)
+        r = h.post("/tokenize", json={"input": ZH[0], "model": "zh"})
+        assert r.json()["data"][0]["ids"] == e5_encoder.checkpoint.tokenizer(ZH[0])["input_ids"]
+        r = h.post("/encode", json={"texts": ZH, "model": "nope"})
+        assert r.status_code == 404 and r.json()["error"]["type"] == "not_found"
+        status = h.get("/status").json()
+        assert set(status["models"]) == {"all-MiniLM-L6-v2", "zh"}
+        assert status["models"]["zh"]["memory_mib"] > 4 * status["models"]["all-MiniLM-L6-v2"]["memory_mib"]
+        assert status["models"]["zh"]["statistic"]["requests"] >= 2
+        assert 'engine="encode:zh"' in h.get("/metrics").text
+    with BertClient(port=two_models.port, port_out=two_models.port_out, timeout=300000) as bc:
+        np.testing.assert_allclose(bc.encode(ZH), e5_encoder.encode(ZH), atol=ATOL)  # --zmq-model zh
+
+
+def exact_encoder_like(encoder, **options):
+    """An Encoder on `encoder`'s loaded checkpoint (no second load), configured with `options`."""
+    from bertserve import Encoder
+    return Encoder(checkpoint=encoder.checkpoint, backend="torch", **options)

@@ -28,11 +28,13 @@ def _max_seq_len(value: str):
         raise argparse.ArgumentTypeError(f"max-seq-len must be an int, 'none' or 'auto'; got {value!r}")
 
 
-def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
+def add_encoder_arguments(parser: argparse.ArgumentParser, several_models: bool = False) -> None:
     g = parser.add_argument_group("encoder")
-    g.add_argument("--model", help="model folder (Hugging Face, sentence-transformers or Google TF checkpoint) or a "
-                                   "name from `bertserve models` (e.g. multilingual-e5-small); "
-                                   "default: the bundled all-MiniLM-L6-v2")
+    several = "; repeat it to serve several models, 'alias=name' names one (zh=multilingual-e5-small)"
+    g.add_argument("--model", action="append" if several_models else "store",
+                   help="model folder (Hugging Face, sentence-transformers or Google TF checkpoint) or a name from "
+                        "`bertserve models` (e.g. multilingual-e5-small); default: the bundled all-MiniLM-L6-v2"
+                        + (several if several_models else ""))
     g.add_argument("--pooling", type=str.upper, choices=STRATEGIES, help="pooling strategy (default: the model's)")
     g.add_argument("--layers", type=_layers, help="layer(s), e.g. --layers=-2 or --layers=-1,-2 (0: embeddings)")
     g.add_argument("--max-seq-len", type=_max_seq_len, default="auto", help="int, 'none' (longest) or 'auto'")

@@ -1,6 +1,6 @@
 """The HTTP API: bert-as-service's POST /encode, OpenAI's POST /v1/embeddings, /status, /health, /metrics.
 
-Handlers only translate: every encode call ends in `state.batcher.submit`, the same call the ZeroMQ
+Handlers only translate: every encode call ends in the served model's `batcher.submit`, the same call the ZeroMQ
 front-end makes. Responses holding vectors are serialized by hand (json.dumps on lists, or base64 of the
 raw float32 bytes) because FastAPI's generic encoder walks every float in Python and dominated the time.
 """
@@ -33,6 +33,7 @@ INLINE_FLOATS = 64 * 1024
 
 class EncodeOptions(BaseModel):
     """Per-request choices on top of the server's settings; requests with different ones share batches."""
+    model: str | None = Field(None, description="which served model (GET /v1/models); default: the first")
     input_type: str | None = Field(None, description="the model's prompt to put in front of each text "
                                    "(multilingual-e5-small: query or passage; 'document' means passage)")
     prompt: str | None = Field(None, description="the same as input_type")
@@ -94,12 +95,13 @@ def make_app(state: ServerState, routers: tuple[APIRouter, ...] = ()) -> FastAPI
                            else "is_tokenized is true but texts holds strings, not token lists")
         if req.show_tokens and not cfg.show_tokens_to_client:
             raise BadInput("show_tokens is disabled on this server (start it with --show-tokens-to-client)")
-        options, variant = _request_options(state.encoder, req)
-        if req.dtype != "float32" and variant is not state.encoder.base:
+        served = state.served(req.model)
+        options, variant = _request_options(served.encoder, req)
+        if req.dtype != "float32" and variant is not served.encoder.base:
             raise BadInput(f"dtype {req.dtype} is calibrated for the server's own pooling and layers; it cannot "
                            "be combined with per-request pooling, layers, normalize or max_seq_len")
-        enc = await _encode(state, req.texts, req.is_tokenized, req.show_tokens, **options)
-        vectors = await _quantized(state, enc.vectors, req.dtype)
+        enc = await _encode(served, req.texts, req.is_tokenized, req.show_tokens, **options)
+        vectors = await _quantized(served, enc.vectors, req.dtype)
         body: dict[str, Any] = {"id": req.id}
         if req.encoding_format == "base64":
             arr = np.ascontiguousarray(vectors.astype(vectors.dtype.newbyteorder("<")))
@@ -116,7 +118,8 @@ def make_app(state: ServerState, routers: tuple[APIRouter, ...] = ()) -> FastAPI
         first = texts[0] if texts else None
         if isinstance(first, int) or (isinstance(first, list) and first and isinstance(first[0], int)):
             raise BadInput("input as token ids is not supported here: send a string or a list of strings")
-        options, variant = _request_options(state.encoder, req)
+        served = state.served(req.model)
+        options, variant = _request_options(served.encoder, req)
         if variant.config.pooling == "NONE":
             raise BadInput("pooling NONE gives token vectors, not one vector per input; use POST /encode")
         dim = variant.dim
@@ -124,37 +127,38 @@ def make_app(state: ServerState, routers: tuple[APIRouter, ...] = ()) -> FastAPI
             if req.dimensions > dim:
                 raise BadInput(f"dimensions={req.dimensions} exceeds the model's {dim}")
             if not cfg.allow_dimensions:
-                raise BadInput(f"model {state.model_name} was not trained for shortened vectors "
+                raise BadInput(f"model {served.name} was not trained for shortened vectors "
                                f"(Matryoshka); dimensions must be {dim} or left out "
                                "(start the server with --allow-dimensions to truncate anyway)")
         precision = req.dtype or (req.encoding_format if req.encoding_format not in ("float", "base64") else "float32")
         if precision != "float32" and req.dimensions is not None and req.dimensions < dim:
             raise BadInput(f"dimensions cannot be combined with quantized output ({precision}): the "
                            "calibration ranges belong to the full vector")
-        if precision != "float32" and variant is not state.encoder.base:
+        if precision != "float32" and variant is not served.encoder.base:
             raise BadInput(f"encoding_format {precision} is calibrated for the server's own pooling and layers; "
                            "it cannot be combined with per-request pooling, layers, normalize or max_seq_len")
-        enc = await _encode(state, texts, False, **options)
+        enc = await _encode(served, texts, False, **options)
         vectors = enc.vectors.astype("<f4", copy=False)
         if req.dimensions is not None and req.dimensions < dim:
             vectors = vectors[:, :req.dimensions]
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             vectors = vectors / np.where(norms > 0, norms, 1)
-        vectors = await _quantized(state, vectors, precision)
+        vectors = await _quantized(served, vectors, precision)
         if req.encoding_format == "base64":
             rows = [base64.b64encode(np.ascontiguousarray(v).tobytes()).decode() for v in vectors]
         else:
             rows = vectors
         body = {"object": "list",
                 "data": [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)],
-                "model": state.model_name,
+                "model": served.name,
                 "usage": {"prompt_tokens": enc.num_tokens, "total_tokens": enc.num_tokens}}
         return await _json(body, vectors.size)
 
     @api.get("/v1/models", summary="OpenAI model list")
     async def models() -> dict:
-        return {"object": "list", "data": [{"id": state.model_name, "object": "model",
-                                            "created": int(state.started_at), "owned_by": "bertserve"}]}
+        return {"object": "list", "data": [{"id": m.name, "object": "model", "created": int(state.started_at),
+                                            "owned_by": "bertserve", "dim": m.encoder.dim,
+                                            "prompts": m.encoder.prompts} for m in state.models]}
 
     @api.post("/tokenize", summary="the tokens, ids and character spans the model sees of each text")
     async def tokenize(req: TokenizeRequest) -> Response:
@@ -164,10 +168,11 @@ def make_app(state: ServerState, routers: tuple[APIRouter, ...] = ()) -> FastAPI
         if len(texts) > cfg.max_request_texts:
             raise TooLarge(f"{len(texts)} texts in one request; this server accepts at most "
                            f"{cfg.max_request_texts} per request")
-        prompt = _prompt_name(state.encoder, req.input_type)
+        served = state.served(req.model)
+        prompt = _prompt_name(served.encoder, req.input_type)
         results = await to_thread.run_sync(
-            lambda: state.encoder.explain_tokens(texts, prompt=prompt, max_seq_len=req.max_seq_len))
-        body = {"object": "list", "model": state.model_name,
+            lambda: served.encoder.explain_tokens(texts, prompt=prompt, max_seq_len=req.max_seq_len))
+        body = {"object": "list", "model": served.name,
                 "data": [{"object": "tokens", "index": i, **r} for i, r in enumerate(results)]}
         return await _json(body, sum(r["num_tokens"] for r in results) * 4)
 
@@ -202,8 +207,8 @@ def make_app(state: ServerState, routers: tuple[APIRouter, ...] = ()) -> FastAPI
     return app
 
 
-async def _encode(state: ServerState, texts, is_tokenized, show_tokens=False, **options):
-    return await asyncio.wrap_future(state.batcher.submit(texts, is_tokenized=is_tokenized, show_tokens=show_tokens,
+async def _encode(served, texts, is_tokenized, show_tokens=False, **options):
+    return await asyncio.wrap_future(served.batcher.submit(texts, is_tokenized=is_tokenized, show_tokens=show_tokens,
                                                           **options))
 
 
@@ -235,11 +240,11 @@ def _request_options(encoder, req: EncodeOptions) -> tuple[dict, object]:
     return options, variant
 
 
-async def _quantized(state: ServerState, vectors: np.ndarray, precision: str) -> np.ndarray:
+async def _quantized(served, vectors: np.ndarray, precision: str) -> np.ndarray:
     """Vectors in the asked precision; the first int8/uint8 request calibrates (off the event loop)."""
     if precision == "float32":
         return vectors
-    return await to_thread.run_sync(state.encoder.quantize, vectors, precision)
+    return await to_thread.run_sync(served.encoder.quantize, vectors, precision)
 
 
 async def _json(body: dict, n_floats: int) -> Response:
