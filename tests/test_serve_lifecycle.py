@@ -22,6 +22,25 @@ from serve_corpus import lee_sentences
 ATOL = 2e-5
 
 
+def three_clients(url, port, port_out, corpus, results, errors) -> list[threading.Thread]:
+    """Two HTTP requests and one ZeroMQ request of the whole corpus, each on its own thread (not started)."""
+    def over_http(k):
+        try:
+            r = httpx.post(f"{url}/encode", json={"id": k, "texts": corpus}, timeout=240)
+            results[f"http{k}"] = (r.status_code, np.array(r.json()["result"]))
+        except Exception as e:
+            errors.append(repr(e))
+
+    def over_zmq():
+        try:
+            with BertClient(port=port, port_out=port_out, timeout=240000) as bc:
+                results["zmq"] = (200, bc.encode(corpus))
+        except Exception as e:
+            errors.append(repr(e))
+
+    return [threading.Thread(target=over_http, args=(k,)) for k in range(2)] + [threading.Thread(target=over_zmq)]
+
+
 @pytest.mark.timeout(300)
 def test_queue_refuses_past_its_bound_over_both_protocols(default_encoder):
     """Workers held until the queue is full, so the refusal does not depend on how fast they run."""
@@ -40,22 +59,7 @@ def test_queue_refuses_past_its_bound_over_both_protocols(default_encoder):
     server = Server(config, encoder=held).start()
     url = f"http://127.0.0.1:{server.http_port}"
     results, errors = {}, []
-
-    def over_http(k):
-        try:
-            r = httpx.post(f"{url}/encode", json={"id": k, "texts": corpus}, timeout=240)
-            results[f"http{k}"] = (r.status_code, np.array(r.json()["result"]))
-        except Exception as e:
-            errors.append(repr(e))
-
-    def over_zmq():
-        try:
-            with BertClient(port=server.port, port_out=server.port_out, timeout=240000) as bc:
-                results["zmq"] = (200, bc.encode(corpus))
-        except Exception as e:
-            errors.append(repr(e))
-
-    threads = [threading.Thread(target=over_http, args=(k,)) for k in range(2)] + [threading.Thread(target=over_zmq)]
+    threads = three_clients(url, server.port, server.port_out, corpus, results, errors)
     try:
         for t in threads:
             t.start()
@@ -88,24 +92,8 @@ def test_sigterm_finishes_requests_in_flight(default_encoder):
     srv = ServerProcess("--max-queue-texts", "600", "--max-request-texts", "200", "--max-batch-tokens", "1024",
                         "--shutdown-timeout", "240")
     results, errors = {}, []
-
-    def over_http(k):
-        try:
-            r = httpx.post(f"{srv.url}/encode", json={"id": k, "texts": corpus}, timeout=240)
-            results[f"http{k}"] = (r.status_code, np.array(r.json()["result"]))
-        except Exception as e:
-            errors.append(repr(e))
-
-    def over_zmq():
-        try:
-            with BertClient(port=srv.port, port_out=srv.port_out, timeout=240000) as bc:
-                results["zmq"] = (200, bc.encode(corpus))
-        except Exception as e:
-            errors.append(repr(e))
-
     try:
-        threads = [threading.Thread(target=over_http, args=(k,)) for k in range(2)]
-        threads.append(threading.Thread(target=over_zmq))
+        threads = three_clients(srv.url, srv.port, srv.port_out, corpus, results, errors)
         for t in threads:
             t.start()
         # signal once all three are accepted (or already answered): either way each must come back whole
