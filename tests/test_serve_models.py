@@ -122,7 +122,7 @@ def test_concurrent_requests_with_different_poolings(server, default_encoder):
     ({"layers": [7]}, "layer 7 is out of range"),
     ({"max_seq_len": 1}, "max_seq_len"),
     ({"input_type": "query"}, "no prompt 'query'"),
-    ({"pooling": "NONE"}, "POST /encode"),
+    ({"pooling": "NONE"}, "pools per token"),
     ({"encoding_format": "int8", "pooling": "CLS_TOKEN"}, "per-request pooling"),
 ])
 def test_bad_request_options_are_400_naming_the_option(http, body, match):

@@ -121,7 +121,8 @@ def make_app(state: ServerState, routers: tuple[APIRouter, ...] = ()) -> FastAPI
         served = state.served(req.model)
         options, variant = _request_options(served.encoder, req)
         if variant.config.pooling == "NONE":
-            raise BadInput("pooling NONE gives token vectors, not one vector per input; use POST /encode")
+            raise BadInput(("this server pools per token" if variant is served.encoder.base else "this request pools "
+                            "per token") + " (pooling NONE), which gives no single vector per input; use POST /encode")
         dim = variant.dim
         if req.dimensions is not None and req.dimensions != dim:
             if req.dimensions > dim:
