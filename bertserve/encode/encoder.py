@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from pathlib import Path
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -85,10 +86,11 @@ class Encoder(Engine):
         self.unknown_texts = 0  # texts seen so far that were mostly [UNK] for this model (/status counts them)
         self._ranges = None     # int8/uint8 calibration ranges, computed on first use
         self.backend = None
-        self.backend_choice = None  # for `auto`: the decision record (what was measured, what won)
+        self._auto = None  # for `auto`: the decision (read from the cache, or being measured in the background)
         if cfg.backend == "auto":
-            from bertserve.encode.backends.selection import choose_backend
-            self.backend, self.backend_choice = choose_backend(self, cfg.auto_gate, cfg.auto_sample)
+            from bertserve.encode.backends.selection import AutoChoice
+            self._auto = AutoChoice(self, cfg.auto_gate, cfg.auto_sample, self._switch_backend)
+            self.backend = self._auto.backend
         else:
             self.backend = make_backend(cfg.backend, ckpt, self.hidden_indices, self.need_pooler, self.use_type_ids,
                                         cfg.num_threads)
@@ -162,6 +164,18 @@ class Encoder(Engine):
                 raise BadInput(str(e)) from None
             self._variants[key] = self._variant_of(cfg, self.base.fixed_length or "max_seq_len" in options)
         return self._variants[key]
+    def _switch_backend(self, backend, record):
+        self.backend = backend  # read once per embed() call, so a call in flight finishes on the old one
+
+    @property
+    def backend_choice(self) -> dict | None:
+        """For `auto`: the decision record (what was measured, what won). Waits for a measurement in progress."""
+        return self.wait_for_backend()
+
+    def wait_for_backend(self, timeout: float | None = None) -> dict | None:
+        """For `auto` on a fresh cache: wait until the background measurement has chosen (and switched to) the
+        backend; returns the decision record (None for another backend, or on timeout)."""
+        return None if self._auto is None else self._auto.wait(timeout)
 
     @property
     def max_seq_len(self) -> int:
@@ -175,11 +189,27 @@ class Encoder(Engine):
     @property
     def prompts(self) -> dict[str, str]:
         return dict(self.checkpoint.prompts)
+    def fingerprint(self) -> dict:
+        """What decides this encoder's vectors: the model's content (sha256 of its weight and config files, not
+        its path), pooling, layers, normalization, max_seq_len and width. A search collection records it, so a
+        query encoder that would put vectors in another space is refused instead of returning wrong neighbours.
+        The backend is left out: every backend `auto` may pick passes the quality gate against torch."""
+        if getattr(self, "_fingerprint", None) is None:
+            from bertserve.encode.backends.export_cache import checkpoint_content_hash
+
+            cfg = self.config
+            self._fingerprint = {"model": Path(cfg.model).name, "model_sha256": checkpoint_content_hash(self.checkpoint),
+                                 "pooling": cfg.pooling, "layers": list(cfg.layers), "normalize": bool(cfg.normalize),
+                                 "mask_cls_sep": bool(cfg.mask_cls_sep), "max_seq_len": int(cfg.max_seq_len),
+                                 "dim": int(self.dim)}
+        return dict(self._fingerprint)
 
     def info(self) -> dict:
         info = {**self.checkpoint.info(), "encoder": self.config.to_dict(), "dim": self.dim, "backend": self.backend.name}
-        if self.backend_choice is not None:
-            info["auto_choice"] = {k: v for k, v in self.backend_choice.items() if k != "entry"}
+        if self._auto is not None:
+            record = self._auto.record  # never waits: /status must answer while `auto` is still measuring
+            info["auto_choice"] = ({k: v for k, v in record.items() if k != "entry"} if record is not None
+                                   else {"status": "measuring in the background; serving on torch meanwhile"})
         return info
 
     # -- the engine contract (what the batcher calls) ------------------------------------------------
@@ -311,6 +341,7 @@ class Encoder(Engine):
                 longest = max((len(it.windows[0]) for it in items if id(it.variant or self.base) == key), default=0)
                 out_len[key] = v.config.max_seq_len if v.fixed_length else longest
         per_window: dict[tuple[int, int], torch.Tensor] = {}
+        backend = self.backend  # once per call: `auto` may switch backends meanwhile, never within one call
         starts = range(0, len(windows), size)
         if progress:
             from tqdm import tqdm
@@ -318,7 +349,7 @@ class Encoder(Engine):
         for start in starts:
             batch = windows[start:start + size]
             vecs = self._embed_batch([items[i].windows[w] for i, w in batch], [items[i].type_ids[w] for i, w in batch],
-                                     [items[i].variant or self.base for i, _ in batch], out_len)
+                                     [items[i].variant or self.base for i, _ in batch], out_len, backend)
             for key, v in zip(batch, vecs):
                 per_window[key] = v
         if not items:
@@ -346,10 +377,9 @@ class Encoder(Engine):
             row = torch.nn.functional.normalize(row, p=2, dim=-1)
         return row.numpy().astype(self.config.dtype, copy=False)
 
-    def _backend_for(self, indices: set[int], need_pooler: bool):
-        """The configured backend when it computes these layers; else a torch-family one that does (cheap:
-        it shares the model's weights), for requests asking for other layers than the encoder's own."""
-        backend = self.backend
+    def _backend_for(self, backend, indices: set[int], need_pooler: bool):
+        """`backend` when it computes these layers; else a torch-family one that does (cheap: it shares the
+        model's weights), for requests asking for other layers than the encoder's own."""
         if indices <= set(backend.hidden_indices) and (not need_pooler or getattr(backend, "need_pooler", False)):
             return backend
         key = (tuple(sorted(indices | set(backend.hidden_indices))), need_pooler or self.need_pooler)
@@ -360,7 +390,7 @@ class Encoder(Engine):
         return self._extra_backends[key]
 
     def _embed_batch(self, ids: list[list[int]], type_ids: list[list[int]], variants: list["Variant"],
-                     out_len: dict[int, int]) -> list[torch.Tensor]:
+                     out_len: dict[int, int], backend) -> list[torch.Tensor]:
         batch = pad_batch(ids, self.tokenizer.pad_id, type_ids if self.use_type_ids else None)
         input_ids, mask = batch["input_ids"], batch["attention_mask"]
         length = input_ids.shape[1]
@@ -370,7 +400,7 @@ class Encoder(Engine):
         by_id = {id(v): v for v in variants}
         # one forward pass computing the union of the layers the batch's variants ask for
         needed = {i for v in by_id.values() for i in v.hidden_indices}
-        backend = self._backend_for(needed, any(v.config.pooling == "CLS_POOLED" for v in by_id.values()))
+        backend = self._backend_for(backend, needed, any(v.config.pooling == "CLS_POOLED" for v in by_id.values()))
         hidden, pooled = backend.forward(input_ids, mask, batch.get("token_type_ids"))
         out: list[torch.Tensor | None] = [None] * len(ids)
         for key, rows in groups.items():

