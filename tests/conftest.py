@@ -48,6 +48,12 @@ def default_encoder():
 
 
 @pytest.fixture(scope="session")
+def e5_encoder():
+    """multilingual-e5-small, the named Chinese-capable model (rebuilt into the session's cache on first use)."""
+    return exact_encoder("multilingual-e5-small")
+
+
+@pytest.fixture(scope="session")
 def chinese_vocab() -> Path:
     return package_file("cn-clip", "cn_clip/clip/vocab.txt")
 

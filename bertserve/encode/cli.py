@@ -7,6 +7,7 @@ import sys
 
 from bertserve.encode.backends import BACKENDS
 from bertserve.encode.config import STRATEGIES, EncoderConfig
+from bertserve.encode.precision import PRECISIONS
 
 PROGRESS_THRESHOLD = 1000  # texts; below this a progress bar is noise
 
@@ -27,10 +28,13 @@ def _max_seq_len(value: str):
         raise argparse.ArgumentTypeError(f"max-seq-len must be an int, 'none' or 'auto'; got {value!r}")
 
 
-def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
+def add_encoder_arguments(parser: argparse.ArgumentParser, several_models: bool = False) -> None:
     g = parser.add_argument_group("encoder")
-    g.add_argument("--model", help="model folder (Hugging Face, sentence-transformers or Google TF checkpoint); "
-                                   "default: the bundled all-MiniLM-L6-v2")
+    several = "; repeat it to serve several models, 'alias=name' names one (zh=multilingual-e5-small)"
+    g.add_argument("--model", action="append" if several_models else "store",
+                   help="model folder (Hugging Face, sentence-transformers or Google TF checkpoint) or a name from "
+                        "`bertserve models` (e.g. multilingual-e5-small); default: the bundled all-MiniLM-L6-v2"
+                        + (several if several_models else ""))
     g.add_argument("--pooling", type=str.upper, choices=STRATEGIES, help="pooling strategy (default: the model's)")
     g.add_argument("--layers", type=_layers, help="layer(s), e.g. --layers=-2 or --layers=-1,-2 (0: embeddings)")
     g.add_argument("--max-seq-len", type=_max_seq_len, default="auto", help="int, 'none' (longest) or 'auto'")
@@ -45,13 +49,16 @@ def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
                         "bfloat16), or auto: the fastest that passes the quality gate for this model "
                         "(default: auto, or $BERTSERVE_BACKEND)")
     g.add_argument("--num-threads", type=int)
+    g.add_argument("--prompt", help="the model's prompt put in front of every text (multilingual-e5-small: "
+                                    "query or passage; `bertserve models` lists each model's prompts)")
 
 
 def encoder_config_from_args(args: argparse.Namespace) -> EncoderConfig:
     return EncoderConfig(model=args.model, pooling=args.pooling, layers=args.layers, max_seq_len=args.max_seq_len,
                          normalize=args.normalize, mask_cls_sep=args.mask_cls_sep, batch_size=args.batch_size,
                          long_text=args.long_text, chunk_overlap=args.chunk_overlap, dtype=args.dtype,
-                         num_threads=args.num_threads, **({} if args.backend is None else {"backend": args.backend}))
+                         num_threads=args.num_threads, prompt=args.prompt,
+                         **({} if args.backend is None else {"backend": args.backend}))
 
 
 def _read_texts(args) -> list[str]:
@@ -72,7 +79,7 @@ def run_encode(args) -> int:
     inputs = [t.split() for t in texts] if args.is_tokenized else texts
     encoder = Encoder(config=encoder_config_from_args(args))
     vectors, tokens = encoder.encode(inputs, is_tokenized=args.is_tokenized, show_tokens=True,
-                                     progress=len(texts) >= PROGRESS_THRESHOLD)
+                                     progress=len(texts) >= PROGRESS_THRESHOLD, precision=args.precision)
     fmt = args.format or ("npy" if args.output and args.output.endswith(".npy") else "jsonl")
     if fmt == "npy":
         if not args.output:
@@ -111,10 +118,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--format", choices=("npy", "jsonl"))
     p.add_argument("--is-tokenized", action="store_true", help="lines are whitespace-separated tokens")
     p.add_argument("--show-tokens", action="store_true", help="add the tokens to each JSON line")
+    p.add_argument("--precision", choices=PRECISIONS, default="float32",
+                   help="quantized output as sentence-transformers defines it (int8/uint8: calibrated ranges; "
+                        "binary/ubinary: one bit per dimension, packed)")
     add_encoder_arguments(p)
     p.set_defaults(func=run_encode)
 
-    p = subparsers.add_parser("info", help="describe a model folder")
-    p.add_argument("--model", help="model folder; default: the bundled all-MiniLM-L6-v2")
+    p = subparsers.add_parser("info", help="describe a model folder or a named model")
+    p.add_argument("--model", help="model folder or name; default: the bundled all-MiniLM-L6-v2")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_info)

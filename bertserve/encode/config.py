@@ -50,6 +50,7 @@ class EncoderConfig:
     auto_gate: QualityGate | None = None  # None: QualityGate() (mean cos 0.995, min cos 0.98, top-10 overlap 0.95)
     auto_sample: int = 400  # real sentences `auto` measures the candidates on (once; the decision is cached)
     num_threads: int | None = None  # None: torch's default (all cores)
+    prompt: str | None = None  # the model's prompt applied when a call names none (e5: "query"); None: no prompt
 
     def __post_init__(self):
         """Every check that needs no model, so a typo fails before seconds of loading (the rest, such as a

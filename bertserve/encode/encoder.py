@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from pathlib import Path
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -14,11 +14,17 @@ import torch
 from bertserve.encode.backends import QualityGate, make_backend
 from bertserve.encode.config import EncoderConfig
 from bertserve.encode.pooling import canonical_pooling, pool, width_factor
+from bertserve.encode.precision import calibration_ranges, check_precision, quantize
 from bertserve.engine.collate import pad_batch
 from bertserve.engine.contract import Engine, Prepared
 from bertserve.errors import BadInput, BadInputType
 from bertserve.models import Checkpoint, load_checkpoint
+from bertserve.models.coverage import report_uncovered, unknown_share
 from bertserve.models.tokenizer import TextTokenizer, Tokenized
+
+
+REQUEST_OPTIONS = ("pooling", "layers", "normalize", "max_seq_len", "long_text", "mask_cls_sep")
+MAX_VARIANTS = 64
 
 
 def _check_layers(layers, num_layers: int) -> tuple[int, ...]:
@@ -73,21 +79,22 @@ class Encoder(Engine):
         self.checkpoint = checkpoint if checkpoint is not None else load_checkpoint(config.model)
         self.config = self._resolve(config)
         ckpt, cfg = self.checkpoint, self.config
-        self.tokenizer = TextTokenizer(ckpt.tokenizer, cfg.max_seq_len, cfg.long_text, cfg.chunk_overlap)
-        n = ckpt.num_layers
-        self._hidden_indices = tuple(layer if layer >= 0 else n + 1 + layer for layer in cfg.layers)
-        self.hidden_indices = tuple(sorted(set(self._hidden_indices)))  # what the backend computes
-        self.need_pooler = cfg.pooling == "CLS_POOLED"
         # Segment ids only where the model has segments: RoBERTa-style models (one type) and DistilBERT (no
         # token_type_ids argument) would fail or silently misread them.
         self.use_type_ids = ("token_type_ids" in getattr(ckpt.tokenizer, "model_input_names", ())
                              and getattr(ckpt.config, "type_vocab_size", 0) > 1
                              and "token_type_ids" in inspect.signature(ckpt.model.forward).parameters)
+        self._variants: dict[tuple, Variant] = {}
+        self.base = self._variant_of(cfg, fixed_length=config.max_seq_len is not None)
+        self.tokenizer = self.base.tokenizer
+        self.hidden_indices = tuple(sorted(set(self.base.hidden_indices)))  # what the backend computes
+        self.need_pooler = cfg.pooling == "CLS_POOLED"
         t = self.tokenizer.template
         self._special_ids = torch.tensor(sorted(set(t.single[0] + t.single[1] + t.pair[0] + t.pair[1] + t.pair[2])))
-        self.dim = ckpt.hidden_size * len(cfg.layers) * width_factor(cfg.pooling)
-        if ckpt.dense:
-            self.dim = ckpt.dense[-1][0].out_features
+        self.dim = self.base.dim
+        self._extra_backends: dict[tuple, object] = {}  # for request options needing layers the backend skips
+        self.unknown_texts = 0  # texts seen so far that were mostly [UNK] for this model (/status counts them)
+        self._ranges = None     # int8/uint8 calibration ranges, computed on first use
         self.backend = None
         self._auto = None  # for `auto`: the decision (read from the cache, or being measured in the background)
         if cfg.backend == "auto":
@@ -126,16 +133,47 @@ class Encoder(Engine):
             gate = QualityGate(**gate)
         if not isinstance(gate, QualityGate):
             raise BadInput(f"auto_gate must be a QualityGate or a dict of its thresholds, got {gate!r}")
+        if cfg.prompt is not None and cfg.prompt not in ckpt.prompts:
+            raise BadInput(f"prompt {cfg.prompt!r} is not one of the model's prompts "
+                           f"({', '.join(ckpt.prompts) or 'it has none'})")
         normalize = ckpt.default_normalize if cfg.normalize is None else bool(cfg.normalize)
         if ckpt.dense and (pooling != canonical_pooling(ckpt.default_pooling) or layers not in ((-1,), (ckpt.num_layers,))):
             raise BadInput(f"{ckpt.path} projects its own pooled last-layer vector with a Dense module; "
                              "pooling and layers cannot be changed for it")
         if normalize and pooling == "NONE":
             normalize = False  # token vectors are returned as the model made them
-        self._fixed_length = cfg.max_seq_len not in (None,)  # NONE output length: max_seq_len, or the longest text
         return dataclasses.replace(cfg, model=str(ckpt.path), pooling=pooling, layers=layers, max_seq_len=int(max_len),
                                    normalize=normalize, auto_gate=gate)
 
+    def _variant_of(self, cfg: EncoderConfig, fixed_length: bool) -> "Variant":
+        ckpt, n = self.checkpoint, self.checkpoint.num_layers
+        tokenizer = TextTokenizer(ckpt.tokenizer, cfg.max_seq_len, cfg.long_text, cfg.chunk_overlap)
+        dim = ckpt.dense[-1][0].out_features if ckpt.dense else \
+            ckpt.hidden_size * len(cfg.layers) * width_factor(cfg.pooling)
+        return Variant(cfg, tokenizer, tuple(i if i >= 0 else n + 1 + i for i in cfg.layers), dim, fixed_length)
+
+    def variant(self, **options) -> "Variant":
+        """These settings with one request's overrides of REQUEST_OPTIONS (pooling, layers, normalize,
+        max_seq_len, long_text, mask_cls_sep): items tokenized by it share batches and forward passes with any
+        other variant's; each is pooled its own way. A bad option raises BadInput naming it."""
+        options = {k: v for k, v in options.items() if v is not None}
+        if not options:
+            return self.base
+        unknown = set(options) - set(REQUEST_OPTIONS)
+        if unknown:
+            raise BadInput(f"unknown encoding option(s) {', '.join(sorted(unknown))}; valid: {', '.join(REQUEST_OPTIONS)}")
+        if isinstance(options.get("layers"), list):
+            options["layers"] = tuple(options["layers"])
+        key = tuple(sorted(options.items()))
+        if key not in self._variants:
+            if len(self._variants) >= MAX_VARIANTS:  # each keeps a tokenizer; requests may not grow memory forever
+                self._variants.pop(next(iter(self._variants)))
+            try:
+                cfg = self._resolve(dataclasses.replace(self.config, **options))
+            except (ValueError, TypeError) as e:
+                raise BadInput(str(e)) from None
+            self._variants[key] = self._variant_of(cfg, self.base.fixed_length or "max_seq_len" in options)
+        return self._variants[key]
     def _switch_backend(self, backend, record):
         self.backend = backend  # read once per embed() call, so a call in flight finishes on the old one
 
@@ -153,6 +191,14 @@ class Encoder(Engine):
     def max_seq_len(self) -> int:
         return self.config.max_seq_len
 
+    @property
+    def name(self) -> str:
+        """The registered name it was loaded by, else its folder's name."""
+        return self.checkpoint.name or self.checkpoint.path.name
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        return dict(self.checkpoint.prompts)
     def fingerprint(self) -> dict:
         """What decides this encoder's vectors: the model's content (sha256 of its weight and config files, not
         its path), pooling, layers, normalization, max_seq_len and width. A search collection records it, so a
@@ -177,13 +223,13 @@ class Encoder(Engine):
         return info
 
     # -- the engine contract (what the batcher calls) ------------------------------------------------
-    @property
-    def name(self) -> str:
-        return Path(str(self.checkpoint.path)).name
-
-    def prepare(self, inputs, *, is_tokenized: bool = False, show_tokens: bool = False) -> Prepared:
-        items = self.tokenize(inputs, is_tokenized=is_tokenized)
-        tokens = [self.tokenizer.tokens(it) for it in items] if show_tokens else []
+    def prepare(self, inputs, *, is_tokenized: bool = False, show_tokens: bool = False, prompt: str | None = None,
+                **options) -> Prepared:
+        """`options`: this request's own pooling, layers, normalize, max_seq_len, long_text, mask_cls_sep; its
+        items then share batches and forward passes with other requests' and are pooled their own way."""
+        variant = self.variant(**options)
+        items = self.tokenize(inputs, is_tokenized=is_tokenized, prompt=prompt, variant=variant)
+        tokens = [variant.tokenizer.tokens(it) for it in items] if show_tokens else []
         return Prepared(items, tokens)
 
     def run(self, items: list[Tokenized]) -> np.ndarray:
@@ -206,31 +252,104 @@ class Encoder(Engine):
         cfg = self.config
         return {"kind": self.kind, "name": self.name, "dim": self.dim, "max_seq_len": cfg.max_seq_len,
                 "pooling": cfg.pooling, "layers": list(cfg.layers), "normalize": cfg.normalize,
+                "prompts": self.prompts, "default_prompt": cfg.prompt, "unknown_token_texts": self.unknown_texts,
                 "backend": getattr(self.backend, "name", None)}
 
     # -- the pipeline ---------------------------------------------------------------------------------
-    def tokenize(self, texts, is_tokenized: bool = False) -> list[Tokenized]:
-        return self.tokenizer(texts, is_tokenized=is_tokenized)
+    def with_prompt(self, texts, prompt: str | None, is_tokenized: bool = False):
+        """`texts` with the model's prompt called `prompt` in front (e5: "query" -> "query: ..."); None: the
+        encoder's default prompt (config.prompt), "": none."""
+        if prompt is None:
+            prompt = self.config.prompt
+        if not prompt:
+            return texts
+        if prompt not in self.checkpoint.prompts:
+            known = ", ".join(self.checkpoint.prompts) or "none: it is used without prompts"
+            raise BadInput(f"model {self.name} has no prompt {prompt!r} (its prompts: {known})")
+        if is_tokenized:
+            raise BadInput("prompt cannot be combined with is_tokenized: put the prompt's tokens in the token lists")
+        prefix = self.checkpoint.prompts[prompt]
+        self.tokenizer._check_texts(texts, False)
+        return [prefix + t for t in texts]
+
+    def tokenize(self, texts, is_tokenized: bool = False, prompt: str | None = None,
+                 variant: "Variant | None" = None) -> list[Tokenized]:
+        """Texts -> model inputs; warns (UnknownTokensWarning) when some are mostly [UNK] for this model."""
+        texts = self.with_prompt(texts, prompt, is_tokenized)
+        variant = variant or self.base
+        items = variant.tokenizer(texts, is_tokenized=is_tokenized)
+        if variant is not self.base:
+            for it in items:
+                it.variant = variant
+        unk = self.tokenizer.unk_id
+        if unk is not None and items:
+            shares = [unknown_share(it.windows[0], it.weights[0], unk) for it in items]
+            self.unknown_texts += report_uncovered(texts, shares, self.name)
+        return items
+
+    def explain_tokens(self, texts, prompt: str | None = None, **options) -> list[dict]:
+        """Per text: the tokens and ids the model sees, their character spans in the text, and whether it was
+        cut at max_seq_len (what POST /tokenize answers). Spans refer to the text as given, prompt excluded."""
+        variant = self.variant(**options)
+        prompt = self.config.prompt if prompt is None else prompt
+        prefix = self.checkpoint.prompts.get(prompt, "") if prompt else ""
+        return variant.tokenizer.explain(self.with_prompt(texts, prompt), shift=len(prefix))
+
+    def unknown_shares(self, texts) -> list[float]:
+        """The share of each text's content tokens the model does not know ([UNK]), without warning."""
+        items = self.tokenizer(texts)
+        return [unknown_share(it.windows[0], it.weights[0], self.tokenizer.unk_id) for it in items]
+
+    @property
+    def calibrated_ranges(self) -> np.ndarray | None:
+        """The int8/uint8 ranges if they were computed already (None: no quantized call yet)."""
+        return self._ranges
+
+    def quantization_ranges(self) -> np.ndarray:
+        """(2, dim): per-dimension min and max of this encoder's vectors on the calibration sample (int8/uint8)."""
+        if self._ranges is None:
+            self._ranges = calibration_ranges(self)
+        return self._ranges
+
+    def quantize(self, vectors: np.ndarray, precision: str) -> np.ndarray:
+        """Float vectors of this encoder -> int8 / uint8 / binary / ubinary (sentence-transformers' definitions)."""
+        check_precision(precision)
+        if precision != "float32" and self.config.pooling == "NONE":
+            raise BadInput(f"precision {precision!r} applies to one vector per text, not to pooling NONE's token vectors")
+        ranges = self.quantization_ranges() if precision in ("int8", "uint8") else None
+        return quantize(vectors, precision, ranges)
 
     def encode(self, texts, *, is_tokenized: bool = False, show_tokens: bool = False, batch_size: int | None = None,
-               progress: bool = False):
-        items = self.tokenize(texts, is_tokenized=is_tokenized)
+               progress: bool = False, prompt: str | None = None, precision: str = "float32", **options):
+        """Vectors of `texts`. prompt: the name of one of the model's prompts (e5: "query" or "passage");
+        precision: "float32", or "int8", "uint8", "binary", "ubinary" as sentence-transformers quantizes;
+        options: this call's own pooling, layers, normalize, max_seq_len, long_text or mask_cls_sep."""
+        check_precision(precision)
+        variant = self.variant(**options)
+        items = self.tokenize(texts, is_tokenized=is_tokenized, prompt=prompt, variant=variant)
         vectors = self.embed(items, batch_size=batch_size, progress=progress)
+        if precision != "float32":
+            if variant is not self.base:
+                raise BadInput("precision other than float32 is calibrated for the encoder's own settings; "
+                               "it cannot be combined with per-call pooling, layers or normalize")
+            vectors = self.quantize(vectors, precision)
         if show_tokens:
-            return vectors, [self.tokenizer.tokens(item) for item in items]
+            return vectors, [variant.tokenizer.tokens(item) for item in items]
         return vectors
 
     def embed(self, items: list[Tokenized], batch_size: int | None = None, progress: bool = False) -> np.ndarray:
-        """Vectors of already tokenized items, in their order."""
-        cfg = self.config
+        """Vectors of already tokenized items, in their order. Items may come from different variants (requests
+        with their own options): they share batches and forward passes, and each is pooled its own way, so the
+        rows then differ in width (returned as a list of arrays instead of one array)."""
         windows = [(i, w) for i, item in enumerate(items) for w in range(len(item.windows))]
         windows.sort(key=lambda iw: len(items[iw[0]].windows[iw[1]]))  # similar lengths share a batch: less padding
-        size = batch_size or cfg.batch_size
-        none_pooling = cfg.pooling == "NONE"
-        out_len = 0
-        if none_pooling:
-            longest = max((len(item.windows[0]) for item in items), default=0)
-            out_len = cfg.max_seq_len if self._fixed_length else longest
+        size = batch_size or self.config.batch_size
+        variants = {id(v): v for v in (it.variant or self.base for it in items)}
+        out_len = {}  # pooling NONE: output length per variant (its max_seq_len, or its longest text)
+        for key, v in variants.items():
+            if v.config.pooling == "NONE":
+                longest = max((len(it.windows[0]) for it in items if id(it.variant or self.base) == key), default=0)
+                out_len[key] = v.config.max_seq_len if v.fixed_length else longest
         per_window: dict[tuple[int, int], torch.Tensor] = {}
         backend = self.backend  # once per call: `auto` may switch backends meanwhile, never within one call
         starts = range(0, len(windows), size)
@@ -239,40 +358,80 @@ class Encoder(Engine):
             starts = tqdm(starts, total=math.ceil(len(windows) / size), unit="batch", desc="encode")
         for start in starts:
             batch = windows[start:start + size]
-            vecs = self._embed_batch([items[i].windows[w] for i, w in batch],
-                                     [items[i].type_ids[w] for i, w in batch], out_len, backend)
+            vecs = self._embed_batch([items[i].windows[w] for i, w in batch], [items[i].type_ids[w] for i, w in batch],
+                                     [items[i].variant or self.base for i, _ in batch], out_len, backend)
             for key, v in zip(batch, vecs):
                 per_window[key] = v
         if not items:
-            shape = (0, out_len, self.dim) if none_pooling else (0, self.dim)
-            return np.zeros(shape, dtype=cfg.dtype)
+            none_pooling = self.config.pooling == "NONE"
+            shape = (0, out_len.get(id(self.base), 0), self.dim) if none_pooling else (0, self.dim)
+            return np.zeros(shape, dtype=self.config.dtype)
         rows = []
         for i, item in enumerate(items):
             if len(item.windows) == 1:
-                rows.append(per_window[(i, 0)])
+                row = per_window[(i, 0)]
             else:  # a chunked long text: windows count by how many of its tokens they hold
                 weights = torch.tensor(item.weights, dtype=torch.float32)
                 stacked = torch.stack([per_window[(i, w)] for w in range(len(item.windows))])
-                rows.append((stacked * weights[:, None]).sum(0) / weights.sum())
-        result = torch.stack(rows)
+                row = (stacked * weights[:, None]).sum(0) / weights.sum()
+            rows.append(self._finish_row(row, item.variant or self.base))
+        if len(variants) == 1:
+            return np.stack(rows)
+        return rows
+
+    def _finish_row(self, row: torch.Tensor, variant: "Variant") -> np.ndarray:
         with torch.no_grad():
             for dense in self.checkpoint.dense:
-                result = dense(result)
-        if cfg.normalize:
-            result = torch.nn.functional.normalize(result, p=2, dim=-1)
-        return result.numpy().astype(cfg.dtype, copy=False)
+                row = dense(row)
+        if variant.config.normalize:
+            row = torch.nn.functional.normalize(row, p=2, dim=-1)
+        return row.numpy().astype(self.config.dtype, copy=False)
 
-    def _embed_batch(self, ids: list[list[int]], type_ids: list[list[int]], out_len: int,
-                     backend=None) -> torch.Tensor:
+    def _backend_for(self, backend, indices: set[int], need_pooler: bool):
+        """`backend` when it computes these layers; else a torch-family one that does (cheap: it shares the
+        model's weights), for requests asking for other layers than the encoder's own."""
+        if indices <= set(backend.hidden_indices) and (not need_pooler or getattr(backend, "need_pooler", False)):
+            return backend
+        key = (tuple(sorted(indices | set(backend.hidden_indices))), need_pooler or self.need_pooler)
+        if key not in self._extra_backends:
+            name = backend.name if backend.name in ("torch", "bf16") else "torch"
+            self._extra_backends[key] = make_backend(name, self.checkpoint, key[0], key[1], self.use_type_ids,
+                                                     self.config.num_threads)
+        return self._extra_backends[key]
+
+    def _embed_batch(self, ids: list[list[int]], type_ids: list[list[int]], variants: list["Variant"],
+                     out_len: dict[int, int], backend) -> list[torch.Tensor]:
         batch = pad_batch(ids, self.tokenizer.pad_id, type_ids if self.use_type_ids else None)
         input_ids, mask = batch["input_ids"], batch["attention_mask"]
         length = input_ids.shape[1]
-        hidden, pooled = (backend or self.backend).forward(input_ids, mask, batch.get("token_type_ids"))
-        h = torch.cat([hidden[i] for i in self._hidden_indices], dim=-1).float()
-        content = None
-        if self.config.mask_cls_sep:
-            content = mask.bool() & ~torch.isin(input_ids, self._special_ids)
-        vectors = pool(self.config.pooling, h, mask, content, None if pooled is None else pooled.float())
-        if self.config.pooling == "NONE" and out_len > length:
-            vectors = torch.nn.functional.pad(vectors, (0, 0, 0, out_len - length))
-        return vectors
+        groups: dict[int, list[int]] = {}
+        for row, v in enumerate(variants):
+            groups.setdefault(id(v), []).append(row)
+        by_id = {id(v): v for v in variants}
+        # one forward pass computing the union of the layers the batch's variants ask for
+        needed = {i for v in by_id.values() for i in v.hidden_indices}
+        backend = self._backend_for(backend, needed, any(v.config.pooling == "CLS_POOLED" for v in by_id.values()))
+        hidden, pooled = backend.forward(input_ids, mask, batch.get("token_type_ids"))
+        out: list[torch.Tensor | None] = [None] * len(ids)
+        for key, rows in groups.items():
+            v, sel = by_id[key], torch.tensor(rows)
+            cfg = v.config
+            h = torch.cat([hidden[i][sel] for i in v.hidden_indices], dim=-1).float()
+            m = mask[sel]
+            content = m.bool() & ~torch.isin(input_ids[sel], self._special_ids) if cfg.mask_cls_sep else None
+            vectors = pool(cfg.pooling, h, m, content, None if pooled is None else pooled[sel].float())
+            if cfg.pooling == "NONE" and out_len[key] > length:
+                vectors = torch.nn.functional.pad(vectors, (0, 0, 0, out_len[key] - length))
+            for k, row in enumerate(rows):
+                out[row] = vectors[k]
+        return out
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Variant:
+    """The Encoder's settings as one request sees them (its own pooling, layers, ...), with their tokenizer."""
+    config: EncoderConfig       # resolved: every option filled in and checked
+    tokenizer: TextTokenizer
+    hidden_indices: tuple[int, ...]  # cfg.layers as non-negative hidden-state indices, in the asked order
+    dim: int
+    fixed_length: bool          # pooling NONE pads to max_seq_len (else to the longest text)

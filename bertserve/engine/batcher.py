@@ -73,9 +73,10 @@ class _Job:
 
 class Batcher:
     def __init__(self, engine: Engine, *, max_batch_tokens=4096, max_queue_texts=16384, max_request_texts=4096,
-                 num_worker=1, metrics=None):
+                 num_worker=1, metrics=None, label: str | None = None):
         self.engine = engine
-        self.kind = getattr(engine, "kind", type(engine).__name__.lower())
+        # the metrics label: the engine's kind, or e.g. "encode:zh" for a second encode model of one server
+        self.kind = label or getattr(engine, "kind", type(engine).__name__.lower())
         self.max_batch_tokens = max_batch_tokens
         self.max_queue_texts = max_queue_texts
         self.max_request_texts = max_request_texts

@@ -51,6 +51,8 @@ class Checkpoint:
     format: str = "huggingface"  # "huggingface" | "sentence-transformers" | "tf-checkpoint"
     modules: list[str] = field(default_factory=list)
     dense: list = field(default_factory=list)  # sentence-transformers Dense modules after pooling (torch modules)
+    prompts: dict = field(default_factory=dict)  # sentence-transformers prompts by name ({"query": "query: "})
+    name: str | None = None  # the registered name it was asked for by (bertserve.models.registry), if any
 
     @property
     def num_layers(self) -> int:
@@ -64,6 +66,7 @@ class Checkpoint:
         """What `bertserve info` prints."""
         archs = getattr(self.config, "architectures", None) or [type(self.model).__name__]
         return {
+            "name": self.name or self.path.name,
             "path": str(self.path),
             "format": self.format,
             "model_type": self.config.model_type,
@@ -77,6 +80,7 @@ class Checkpoint:
             "default_normalize": self.default_normalize,
             "default_max_seq_len": self.default_max_seq_len or self.model_max_len,
             "has_pooler": self.has_pooler,
+            "prompts": dict(self.prompts),
             "parameters": sum(p.numel() for p in self.model.parameters()),
         }
 
@@ -92,10 +96,13 @@ def default_model_path() -> Path:
 
 
 def load_checkpoint(model: str | Path | None = None) -> Checkpoint:
-    """Load a checkpoint folder (None: the bundled default)."""
-    path = default_model_path() if model is None else Path(model).expanduser()
+    """Load a checkpoint folder, or a model by its registered name (`bertserve models`; None: the default)."""
+    from bertserve.models.registry import REGISTRY, resolve
+
+    path, name = resolve(model)
     if not path.exists():
-        raise CheckpointError(f"model folder not found: {path}")
+        raise CheckpointError(f"model folder not found: {path} (nor is it a model name; named models: "
+                              f"{', '.join(REGISTRY)})")
     if not path.is_dir():
         raise CheckpointError(f"model must be a folder (config.json, weights, tokenizer), got a file: {path}")
     from bertserve.models.static_table import is_static_folder
@@ -103,10 +110,13 @@ def load_checkpoint(model: str | Path | None = None) -> Checkpoint:
         raise CheckpointError(f"{path} is a static token-table model, not a transformer: load it with "
                               "Encoder(model=...) (bertserve.encode.static)")
     if (path / "modules.json").is_file():
-        return _load_sentence_transformers(path)
-    if _is_tf_checkpoint(path):
-        return _load_tf_checkpoint(path)
-    return _load_huggingface(path, fmt="huggingface")
+        ckpt = _load_sentence_transformers(path)
+    elif _is_tf_checkpoint(path):
+        ckpt = _load_tf_checkpoint(path)
+    else:
+        ckpt = _load_huggingface(path, fmt="huggingface")
+    ckpt.name = name
+    return ckpt
 
 
 def _is_tf_checkpoint(path: Path) -> bool:
@@ -229,7 +239,17 @@ def _load_sentence_transformers(path: Path) -> Checkpoint:
             max_len = _read_json(transformer_dir / name).get("max_seq_length")
             if max_len:
                 ckpt.default_max_seq_len = min(int(max_len), ckpt.model_max_len)
+    if (path / "config_sentence_transformers.json").is_file():
+        ckpt.prompts = _st_prompts(path / "config_sentence_transformers.json")
     return ckpt
+
+
+def _st_prompts(file: Path) -> dict[str, str]:
+    """The model's prompts (sentence-transformers keeps them in config_sentence_transformers.json)."""
+    prompts = _read_json(file).get("prompts") or {}
+    if not isinstance(prompts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()):
+        raise CheckpointError(f"{file}: prompts must map names to strings, got {prompts!r}")
+    return dict(prompts)
 
 
 # Activations a Dense module may name; anything else could run arbitrary code and is refused.

@@ -21,6 +21,7 @@ class Tokenized:
     windows: list[list[int]]  # input ids of each window, special tokens included
     type_ids: list[list[int]]  # segment ids of each window
     weights: list[int]  # content tokens per window: how much each window counts when they are combined
+    variant: object = None  # the Encoder variant (one request's own options) it was made for; None: the default
 
     @property
     def num_tokens(self) -> int:
@@ -198,6 +199,39 @@ class TextTokenizer:
     def __call__(self, texts, is_tokenized: bool = False) -> list[Tokenized]:
         self._check_texts(texts, is_tokenized)
         return [self._item(a, b) for a, b in self._content(texts, is_tokenized)]
+
+    def explain(self, texts: list[str], shift: int = 0) -> list[dict]:
+        """What the model sees of each text (its first window): tokens, ids, each token's character span in the
+        text (None for special tokens), whether the text was cut to fit, and how many windows it makes.
+        `shift` is subtracted from every span (a prompt put in front of the text); tokens of that prefix get None."""
+        self._check_texts(texts, False)
+        out = []
+        for text in texts:
+            if PAIR_SEPARATOR in text:
+                k = text.index(PAIR_SEPARATOR)
+                a, b = text[:k], text[k + len(PAIR_SEPARATOR):]
+                parts = [(a.strip(), len(a) - len(a.lstrip())),
+                         (b.strip(), k + len(PAIR_SEPARATOR) + len(b) - len(b.lstrip()))]
+            else:
+                parts = [(text, 0)]
+            encs = [self.backend.encode(part, add_special_tokens=False) for part, _ in parts]
+            spans = [[(start + at - shift, end + at - shift) for start, end in enc.offsets]
+                     for enc, (_, at) in zip(encs, parts)]
+            item = self._item(encs[0].ids, encs[1].ids if len(encs) > 1 else None)
+            if len(encs) == 1:
+                n1 = item.weights[0]
+                offsets = [None] * len(self.template.single[0]) + spans[0][:n1] + [None] * len(self.template.single[1])
+                truncated = len(item.windows) == 1 and n1 < len(encs[0].ids)
+            else:
+                pre, mid, suf = self.template.pair
+                n1, n2 = truncate_pair(len(encs[0].ids), len(encs[1].ids), self.max_len - self.template.pair_specials)
+                offsets = [None] * len(pre) + spans[0][:n1] + [None] * len(mid) + spans[1][:n2] + [None] * len(suf)
+                truncated = n1 < len(encs[0].ids) or n2 < len(encs[1].ids)
+            offsets = [None if o is None or o[1] <= 0 else [max(o[0], 0), o[1]] for o in offsets]
+            ids = item.windows[0]
+            out.append({"tokens": [self.backend.id_to_token(i) for i in ids], "ids": list(ids), "offsets": offsets,
+                        "num_tokens": len(ids), "truncated": truncated, "windows": len(item.windows)})
+        return out
 
     def tokens(self, item: Tokenized) -> list[str]:
         """The tokens the model saw, special tokens included (all windows of a chunked text, in order)."""

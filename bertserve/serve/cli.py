@@ -23,6 +23,8 @@ def add_parser(subparsers) -> None:
     g.add_argument("--cors", help="comma-separated origins allowed by CORS, e.g. http://localhost:3000")
     g.add_argument("--show-tokens-to-client", action="store_true", help="send tokens with ZeroMQ replies")
     g.add_argument("--served-model-name", help="model name reported to OpenAI clients")
+    g.add_argument("--zmq-model", help="the served model ZeroMQ (BertClient) requests go to (default: the first "
+                                       "--model)")
     g.add_argument("--data-dir", help="folder of search collections, served under /collections")
     g.add_argument("--classifier", help="classifier folder (teacher or student from `bertserve distill`), "
                                         "served under POST /classify")
@@ -36,7 +38,7 @@ def add_parser(subparsers) -> None:
     g.add_argument("--allow-dimensions", action="store_true",
                    help="let OpenAI's `dimensions` truncate vectors (only for Matryoshka-trained models)")
     g.add_argument("--shutdown-timeout", type=float, help="seconds to finish requests in flight on SIGTERM")
-    add_encoder_arguments(p)
+    add_encoder_arguments(p, several_models=True)
     # Only typed flags may override the config file, so no flag carries a default of its own here.
     for action in p._actions:
         if action.dest != "help":
@@ -44,10 +46,28 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run_serve)
 
 
+def split_model_spec(spec: str) -> tuple[str | None, str]:
+    """"zh=multilingual-e5-small" -> ("zh", "multilingual-e5-small"); a plain name or folder has no alias."""
+    from pathlib import Path
+
+    alias, sep, target = spec.partition("=")
+    if sep and alias and "/" not in alias and not Path(spec).exists():
+        return alias, target
+    return None, spec
+
+
 def config_from_args(args: argparse.Namespace):
     from bertserve.serve.config import ServerConfig
 
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config", "log_level")}
+    if isinstance(given.get("model"), list):  # --model a --model zh=b: the first is the main model
+        first, *more = given["model"]
+        alias, target = split_model_spec(first)
+        given["model"] = target
+        if alias and "served_model_name" not in given:
+            given["served_model_name"] = alias
+        if more:
+            given["models"] = tuple(more)
     if "api_key" not in given and api_key_from_env():
         given["api_key"] = api_key_from_env()
     config_file = getattr(args, "config", None)

