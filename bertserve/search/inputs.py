@@ -6,6 +6,15 @@ import uuid
 
 import numpy as np
 
+from bertserve.errors import BadInput
+
+# Widest vector a collection takes. Faiss reads dims as a C int (2**31 already overflows it) and a
+# collection this wide holds 256 KiB per item; every real embedding model is far below it.
+MAX_DIM = 65_536
+# Most hits one search returns unless the collection is opened with another max_k. Faiss allocates
+# queries x k results before it looks at the data, so k must be bounded before it reaches Faiss.
+MAX_K = 10_000
+
 
 def count_items(texts, vectors) -> int:
     if vectors is not None:
@@ -27,7 +36,21 @@ def prepare_add(col, texts, ids, metadata, vectors) -> tuple[list[str], list | N
 
 def check_k(k):
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+        raise BadInput(f"k must be a positive integer, got {k!r}")
+
+
+def clamp_k(k, size: int, max_k: int = MAX_K) -> int:
+    """k checked, then cut to what can be answered: at most `size` items exist and `max_k` are returned."""
+    check_k(k)
+    return int(min(k, max_k, max(size, 1)))
+
+
+def check_dim(dim, limit: int = MAX_DIM) -> int:
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim <= 0:
+        raise BadInput(f"dim must be a positive integer, got {dim!r}")
+    if dim > limit:
+        raise BadInput(f"dim {dim} is over the limit of {limit} dimensions per vector")
+    return int(dim)
 
 
 def check_texts(texts, n):
