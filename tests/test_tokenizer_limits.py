@@ -98,7 +98,7 @@ def test_cut_pairs_truncate_exactly_as_whole_pairs(tokenizers):
 
 def test_finding_1_a_huge_text_costs_what_a_page_costs(tokenizers):
     hf, tok = tokenizers
-    text = (english() * 20)[:10_000_000]  # the 10 MB text
+    text = (english() * 30)[:10_000_000]  # the 10 MB text
     spy = Spy(tok.backend)
     tok.backend = spy
     try:
