@@ -137,6 +137,48 @@ def test_finding_3_k_bounded_by_the_configured_maximum(tmp_path):
             assert len(col.search(xb[0], k=10 ** 12, params={"nprobe": 4})) == 300
 
 
+@pytest.mark.timeout(120)
+def test_finding_3_huge_k_on_milvus(tmp_path):
+    from bertserve.search.milvus import MilvusCollection
+
+    col = MilvusCollection.create(str(tmp_path / "m.db"), "five", dim=4, metric="l2", index="FLAT")
+    try:
+        col.add(vectors=np.eye(4, dtype=np.float32).tolist() + [[1, 1, 0, 0]], ids=list("abcde"),
+                metadata=[{"i": i} for i in range(5)])
+        assert [h.id for h in col.search([1, 0, 0, 0], k=10 ** 9)][:1] == ["a"]
+        assert len(col.search([1, 0, 0, 0], k=10 ** 9)) == 5
+        assert len(col.search([1, 0, 0, 0], k=10 ** 9, filter={"i": {"$lt": 3}})) == 3
+        with pytest.raises(ValueError, match="dim"):
+            MilvusCollection.create(str(tmp_path / "m.db"), "wide", dim=10 ** 12)
+    finally:
+        col.close()
+
+
+def test_metadata_and_filters_nested_too_deeply_are_bad_input(tmp_path):
+    from bertserve.errors import BadInput
+    from bertserve.search import FilterError
+
+    deep: dict = {}
+    inner = deep
+    for _ in range(10_000):
+        inner["a"] = {}
+        inner = inner["a"]
+    with Collection.create(tmp_path / "c", dim=2, index="Flat") as col:
+        with pytest.raises(BadInput, match="nested more than"):
+            col.add(vectors=[[1, 0]], ids=["x"], metadata=[deep])
+        col.add(vectors=[[1, 0]], ids=["x"], metadata=[{"a": {"b": [1, {"c": 2}]}}])
+        nested_filter: dict = {}
+        inner = nested_filter
+        for _ in range(10_000):
+            inner["$and"] = [{}]
+            inner = inner["$and"][0]
+        with pytest.raises(FilterError, match="nested too deeply"):
+            col.search([1, 0], k=1, filter=nested_filter)
+    out = subprocess.run([sys.executable, "-m", "bertserve.cli", "search", str(tmp_path / "c"), "x",
+                          "--filter", "[" * 100_000], capture_output=True, text=True, env=ENV, timeout=300)
+    assert out.returncode == 2 and "nested too deeply" in out.stderr, out.stderr[-2000:]
+
+
 # ---- finding 5: opening an open collection again in the same process ------------------------------------
 def test_finding_5_reopen_in_the_same_process_gives_a_working_handle(tmp_path):
     path = tmp_path / "c"

@@ -38,6 +38,8 @@ def _json_line(line: str, n: int) -> dict:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
         raise ValueError(f"line {n + 1} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"line {n + 1} is nested too deeply") from None
     if not isinstance(row, dict):
         raise ValueError(f"line {n + 1} is not a JSON object")
     return row
@@ -150,6 +152,8 @@ def _json_arg(value, flag):
         return json.loads(value)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{flag} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"{flag} is nested too deeply") from None
 
 
 def add_parser(subparsers) -> None:

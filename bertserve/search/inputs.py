@@ -14,6 +14,8 @@ MAX_DIM = 65_536
 # Most hits one search returns unless the collection is opened with another max_k. Faiss allocates
 # queries x k results before it looks at the data, so k must be bounded before it reaches Faiss.
 MAX_K = 10_000
+# Deepest metadata accepted; SQLite's JSON functions stop at 1000 levels, filters reach 32.
+MAX_META_DEPTH = 64
 
 
 def count_items(texts, vectors) -> int:
@@ -89,6 +91,18 @@ def check_metadata(metadata, n) -> list[str]:
     return [dump_meta(m) for m in metadata]
 
 
+def _depth(value) -> int:
+    """Nesting depth of a JSON value, without recursion (so a hostile depth cannot overflow the stack)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, level = todo.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            if level <= MAX_META_DEPTH:
+                todo.extend((v, level + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def dump_meta(meta) -> str:
     """Serialize one metadata object, refusing what JSON (and our filters) cannot represent."""
     if meta is None:
@@ -98,6 +112,8 @@ def dump_meta(meta) -> str:
     for key in meta:
         if not isinstance(key, str):
             raise ValueError(f"metadata keys must be strings, got {key!r}")
+    if _depth(meta) > MAX_META_DEPTH:
+        raise BadInput(f"metadata is nested more than {MAX_META_DEPTH} levels deep")
     try:
         return json.dumps(meta, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
