@@ -26,6 +26,7 @@ from fastapi.testclient import TestClient
 import fault_plan
 from bertserve.search import Collection
 from bertserve.search.routes import make_router
+from bertserve.serve.errors import install_error_handlers
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
@@ -35,6 +36,7 @@ ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "OMP_N
 @pytest.fixture()
 def collections(tmp_path):
     app = FastAPI()
+    install_error_handlers(app)  # the server's own error mapping, as `bertserve serve` mounts the router
     router = make_router(tmp_path / "data")  # no encoder: collections of vectors
     app.include_router(router)
     with TestClient(app, raise_server_exceptions=False) as client:
@@ -81,6 +83,7 @@ def test_finding_2_unreadable_config_is_listed_as_damaged(tmp_path):
     Collection.create(data / "bad", dim=4, index="Flat").close()
     (data / "bad" / "collection.json").write_text("{not json")
     app = FastAPI()
+    install_error_handlers(app)
     router = make_router(data)
     app.include_router(router)
     with TestClient(app, raise_server_exceptions=False) as client:

@@ -28,7 +28,7 @@ from typing import NamedTuple
 import faiss
 import numpy as np
 
-from bertserve.errors import Conflict
+from bertserve.errors import AlreadyExists, BadInput, Conflict, MissingFile, NotFound
 from bertserve.search import spec as specs
 from bertserve.search.cluster import KMeansResult, fit_pca, kmeans
 from bertserve.search.embed import Embedder, VectorInput
@@ -111,12 +111,12 @@ class Collection(VectorInput):
         into place, so a create that fails (or is killed) leaves no half-made collection behind."""
         path = Path(path)
         if (path / CONFIG).exists():
-            raise FileExistsError(f"a collection already exists at {path}")
+            raise AlreadyExists(f"a collection already exists at {path}")
         spec = specs.IndexSpec(index, metric, params or {}, memory_budget)
         embedder = Embedder(encoder, None)
         if dim is None:
             if encoder is None:
-                raise ValueError("give an encoder or dim= to create a collection")
+                raise BadInput("give an encoder or dim= to create a collection")
             dim = embedder.dim()
         dim = check_dim(dim)
         if spec.factory != "auto":
@@ -152,15 +152,15 @@ class Collection(VectorInput):
         try:
             config = json.loads((path / CONFIG).read_text())
         except FileNotFoundError:
-            raise FileNotFoundError(f"no collection at {path}") from None
+            raise MissingFile(f"no collection at {path}") from None
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path / CONFIG} is not valid JSON: {exc}") from None
+            raise BadInput(f"{path / CONFIG} is not valid JSON: {exc}") from None
         version = config.get("format_version")
         if version != FORMAT_VERSION:
-            raise ValueError(f"collection {path} has format version {version}; this bertserve reads {FORMAT_VERSION}")
+            raise BadInput(f"collection {path} has format version {version}; this bertserve reads {FORMAT_VERSION}")
         if not (path / "store.sqlite").exists():
             # never silently start an empty store under an existing collection
-            raise FileNotFoundError(f"collection {path} has lost its store.sqlite (its items); restore it from a backup")
+            raise MissingFile(f"collection {path} has lost its store.sqlite (its items); restore it from a backup")
         return cls(path, config, encoder)
 
     def close(self):
@@ -232,10 +232,10 @@ class Collection(VectorInput):
             self._check_open()
             missing = sorted(set(ids) - set(self.store.existing(ids)))
             if missing:
-                raise KeyError(f"ids not in the collection: {missing[:10]}")
+                raise NotFound(f"ids not in the collection: {missing[:10]}")
             if texts is None and vectors is None:
                 if metadata is None:
-                    raise ValueError("update needs texts, vectors or metadata")
+                    raise BadInput("update needs texts, vectors or metadata")
                 self.store.set_meta(ids, check_metadata(metadata, len(ids)))
                 return
             n = len(ids)
@@ -385,7 +385,7 @@ class Collection(VectorInput):
     # ---- internals -----------------------------------------------------------------------------------
     def _check_open(self):
         if self.store is None:
-            raise ValueError(f"collection {self.path} is closed")
+            raise BadInput(f"collection {self.path} is closed")
 
     def _target_factory(self, n: int) -> str:
         if self.spec.factory != "auto":
@@ -523,7 +523,7 @@ def _build_folder(path: Path, config: dict):
             os.rename(staging, path)  # replaces an empty folder; refuses one with anything in it
         except OSError as exc:
             if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                raise FileExistsError(f"{path} already exists and is not an empty folder") from None
+                raise AlreadyExists(f"{path} already exists and is not an empty folder") from None
             raise
         fsync_dir(path.parent)
     except BaseException:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertserve.errors import Unavailable
+from bertserve.errors import BadInput, Unavailable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -91,7 +91,7 @@ class Store:
                 self.db.executemany("INSERT INTO items(iid, id, text, meta, vec) VALUES (?,?,?,?,?)", rows)
             except sqlite3.IntegrityError:
                 dup = self.existing(list(ids))
-                raise ValueError(f"ids already in the collection: {dup[:10]}") from None
+                raise BadInput(f"ids already in the collection: {dup[:10]}") from None
             self._set_state("next_iid", start + len(ids))
         return iids
 
