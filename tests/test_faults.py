@@ -182,6 +182,17 @@ def test_metadata_and_filters_nested_too_deeply_are_bad_input(tmp_path):
     assert out.returncode == 2 and "nested too deeply" in out.stderr, out.stderr[-2000:]
 
 
+@pytest.mark.parametrize("suffix", [".json", ".toml"])
+def test_config_files_nested_too_deeply_are_bad_input(tmp_path, suffix):
+    from bertserve.errors import BadInput
+    from bertserve.serve.config import ServerConfig
+
+    path = tmp_path / f"serve{suffix}"
+    path.write_text('{"host": ' + "[" * 100_000 + "}" if suffix == ".json" else "host = " + "[" * 100_000)
+    with pytest.raises(BadInput, match="nested too deeply|not valid"):
+        ServerConfig.from_file(path)
+
+
 # ---- finding 5: opening an open collection again in the same process ------------------------------------
 def test_finding_5_reopen_in_the_same_process_gives_a_working_handle(tmp_path):
     path = tmp_path / "c"
@@ -352,7 +363,7 @@ SMALL = "A one-sentence request beside the flood."
 # texts whole in line with it needs minutes (finding 1: 9-14 s per 10 MB text, four texts in flight)
 SMALL_LATENCY_BOUND_S = 30.0
 MAX_TEXT_CHARS = 20_000_000  # above the flood's 10 MB texts: they are admitted, and cut before tokenizing
-SERVER_LIMITS = () and ("--max-text-chars", str(MAX_TEXT_CHARS), "--max-request-tokens", "10000")
+SERVER_LIMITS = ("--max-text-chars", str(MAX_TEXT_CHARS), "--max-request-tokens", "10000")
 
 
 @pytest.fixture(scope="module")
