@@ -230,9 +230,8 @@ class TextTokenizer:
         budget = self.max_len - self.template.pair_specials
         need_a = [self.window if j is None else budget for j in pair_of]
         clip_a = [truncating or j is not None for j in pair_of]
-        ids_a = self._encode_clipped(parts_a, need_a, clip_a)
-        ids_b = self._encode_clipped(parts_b, [budget] * len(parts_b), [True] * len(parts_b))
-        (ids_a, cut_a), (ids_b, cut_b) = ids_a, ids_b
+        ids_a, cut_a = self._encode_clipped(parts_a, need_a, clip_a)
+        ids_b, cut_b = self._encode_clipped(parts_b, [budget] * len(parts_b), [True] * len(parts_b))
         out = [(a, None if j is None else ids_b[j]) for a, j in zip(ids_a, pair_of)]
         # A pair is truncated longest-first, which needs to know which part is the longer. A cut part
         # holds more than the budget and its whole at least as many, so the answer is exact when only one
