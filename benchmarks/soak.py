@@ -1,7 +1,8 @@
 """Soak: a real `bertserve serve` under 16 clients mixing encode, search, add and delete for N minutes.
 
 Reports requests and errors per operation, p50/p99 latency per time window, the server's RSS over time
-(and whether it keeps growing: the slope over the second half of the run), and the CPU time the machine's
+(and whether it keeps growing: the slope over the second half of the run, and what is left after a few
+idle seconds, once the server has handed free heap back), and the CPU time the machine's
 other processes used in each window, so a disturbed window can be told from a slow server. Writes a JSON
 summary and a PNG plot. Not part of CI.
 
@@ -31,6 +32,7 @@ from serve import HZ, _busy_jiffies, _proc_jiffies, corpus  # noqa: E402
 
 # share of each operation in the mix
 MIX = {"encode": 0.4, "search": 0.3, "add": 0.2, "delete": 0.1}
+IDLE_S = 5.0
 
 
 def rss_mb(pid: int) -> float:
@@ -203,9 +205,13 @@ def main():
                 th.start()
             for th in threads:
                 th.join()
+            # the server hands free heap back after 1 s idle: what stays is memory it holds
+            time.sleep(IDLE_S)
+            idle_rss = round(rss_mb(srv.proc.pid), 1)
         finally:
             code = srv.stop()
     summary = summarize(log.rows, samples, args.minutes, args.clients, args.window)
+    summary["rss_mb"][f"after_{IDLE_S:.0f}s_idle"] = idle_rss
     summary["server_exit_code"] = code
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
