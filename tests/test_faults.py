@@ -572,7 +572,7 @@ def test_fuzz_http_inputs_get_4xx_or_the_right_answer(server, default_encoder):
     http.post("/collections", json={"name": "fuzz", "dim": 2, "index": "Flat"})
     http.post("/collections/fuzz/add", json={"ids": ["a", "b"], "vectors": [[1, 0], [0, 1]]})
 
-    @settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=100, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(_bodies() | st.tuples(st.sampled_from(["/encode", "/collections/fuzz/search", "/collections"]),
                                  st.binary(max_size=200)))
     def check(case):
@@ -602,7 +602,7 @@ def test_fuzz_zmq_frames_get_4xx_or_the_right_answer(server, default_encoder):
                 | _json_values().map(lambda v: json.dumps(v).encode()) | st.binary(max_size=100))
     frames = st.tuples(payloads, st.sampled_from([b"1", b"7", b"x", b""]), st.sampled_from([b"1", b"2", b"-1", b"abc"]))
 
-    @settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=50, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(frames | st.lists(st.binary(max_size=20), max_size=5).map(tuple))
     def check(case):
         header = zmq_call(server, list(case))
