@@ -78,7 +78,7 @@ class Collection(VectorInput):
 
     max_k = MAX_K  # most hits one search returns; k above it (or above the collection's size) is cut
 
-    def __init__(self, path: Path, config: dict, encoder=None):
+    def __init__(self, path: Path, config: dict, encoder=None, reembed: bool = False):
         self._handles = 1
         self.store = None
         self.path = path
@@ -86,7 +86,8 @@ class Collection(VectorInput):
         self.dim: int = config["dim"]
         self.spec = specs.IndexSpec(config["index"], config["metric"], config.get("params") or {},
                                     config.get("memory_budget"))
-        self.embedder = Embedder(encoder, config.get("encoder"))
+        self.embedder = Embedder(None if reembed else encoder, config.get("encoder"),
+                                 config.get("encoder_fingerprint"), f"collection {path}")
         self._lock = threading.RLock()
         self._lockfile = _lock_folder(path)
         try:
@@ -122,7 +123,8 @@ class Collection(VectorInput):
         if spec.factory != "auto":
             specs.build_index(spec.factory, dim, metric)  # fail now on a bad factory string
         config = {"format_version": FORMAT_VERSION, "dim": dim, "metric": metric, "index": spec.factory,
-                  "params": spec.params, "memory_budget": memory_budget, "encoder": embedder.config()}
+                  "params": spec.params, "memory_budget": memory_budget, "encoder": embedder.config(),
+                  "encoder_fingerprint": embedder.fingerprint()}
         _build_folder(path, config)
         with _OPEN_LOCK:
             try:
@@ -134,21 +136,34 @@ class Collection(VectorInput):
         return col
 
     @classmethod
-    def open(cls, path, encoder=None) -> "Collection":
+    def open(cls, path, encoder=None, reembed: bool = False) -> "Collection":
+        """Open a collection. Text queries are embedded by `encoder`, which must be the encoder that built it
+        (checked by fingerprint; bertserve.errors.Conflict otherwise), or, without one, by that encoder rebuilt
+        from the saved config. `reembed=True` embeds every stored text again with `encoder` instead and makes it
+        the collection's encoder (see `reembed`)."""
         path = Path(path)
         with _OPEN_LOCK:
             col = _OPEN.get(_key(path))
-            if col is not None and col.store is not None:
-                col._handles += 1
-                if encoder is not None and col.embedder.encoder is None:
-                    col.embedder.encoder = encoder
+            if col is None or col.store is None:
+                col = cls._open(path, encoder, reembed)
+                _OPEN[_key(path)] = col
                 return col
-            col = cls._open(path, encoder)
-            _OPEN[_key(path)] = col
-            return col
+            col._handles += 1
+        try:  # already open here: the same object, after the same encoder checks a fresh open makes
+            if reembed:
+                if encoder is None:
+                    raise BadInput("reembed=True needs the new encoder")
+                col.reembed(encoder)
+            elif encoder is not None and col.embedder.encoder is None:
+                col.embedder = Embedder(encoder, col.config.get("encoder"), col.config.get("encoder_fingerprint"),
+                                        f"collection {path}")
+        except BaseException:
+            col.close()
+            raise
+        return col
 
     @classmethod
-    def _open(cls, path: Path, encoder) -> "Collection":
+    def _open(cls, path: Path, encoder, reembed: bool) -> "Collection":
         try:
             config = json.loads((path / CONFIG).read_text())
         except FileNotFoundError:
@@ -161,7 +176,17 @@ class Collection(VectorInput):
         if not (path / "store.sqlite").exists():
             # never silently start an empty store under an existing collection
             raise MissingFile(f"collection {path} has lost its store.sqlite (its items); restore it from a backup")
-        return cls(path, config, encoder)
+        if not reembed:
+            return cls(path, config, encoder)
+        if encoder is None:
+            raise BadInput("reembed=True needs the new encoder")
+        col = cls(path, config, encoder, reembed=True)
+        try:
+            col.reembed(encoder)
+        except BaseException:
+            col.close()
+            raise
+        return col
 
     def close(self):
         """Give back this handle; the last one saves the index and releases the folder."""
@@ -254,6 +279,31 @@ class Collection(VectorInput):
             self.vindex.add(new_iids, vectors)
             self._unsaved += 2 * n
             self._after_change()
+
+    def reembed(self, encoder, batch: int = 256) -> int:
+        """Embed every stored text again with `encoder` and record it as the collection's encoder (its config
+        and fingerprint in collection.json); ids and metadata stay. The new vectors must have the collection's
+        width. Returns how many items were re-embedded. Interrupted, it leaves old and new vectors mixed and the
+        old encoder recorded: run it again."""
+        new = Embedder(encoder, None)
+        if new.dim() != self.dim:
+            raise Conflict(f"the new encoder makes {new.dim()}-dimensional vectors and collection {self.path} holds "
+                           f"{self.dim}: create a new collection for it and index the texts there")
+        with self._lock:
+            self._check_open()
+            ids = self.store.ids_page(0, len(self) + 1)
+            textless = [item.id for start in range(0, len(ids), batch) for item in self.get(ids[start:start + batch])
+                        if item is not None and item.text is None]
+            if textless:
+                raise Conflict(f"{len(textless)} items have vectors but no text to re-embed (e.g. {textless[:3]})")
+            self.embedder = new
+            for start in range(0, len(ids), batch):
+                page = [item for item in self.get(ids[start:start + batch]) if item is not None]
+                self.update([it.id for it in page], vectors=new.embed([it.text for it in page]))
+            self.config = {**self.config, "encoder": new.config(), "encoder_fingerprint": new.fingerprint()}
+            _write_json_atomically(self.path / CONFIG, self.config)
+            self.compact()  # every item was re-inserted: drop what graph indexes only masked, save the index
+        return len(ids)
 
     def compact(self) -> None:
         """Rebuild the index from the stored vectors (drops masked deletes, retrains) and save it."""
@@ -529,6 +579,15 @@ def _build_folder(path: Path, config: dict):
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _write_json_atomically(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def _lock_folder(path: Path) -> int:
