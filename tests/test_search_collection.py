@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -283,8 +287,8 @@ def test_deletes_survive_reopen_without_clean_close(tmp_path):
     col.add(vectors=xb[:5] + 100, ids=["n0", "n1", "n2", "n3", "n4"])
     # simulate a crash: drop the objects without close() (no snapshot written)
     col.store.db.close()
-    import os
     os.close(col._lockfile)
+    col.store = None  # what the dead process's object would be: nothing of it reused
     with Collection.open(tmp_path / "c") as col2:
         assert len(col2) == 205
         found = {h.id for row in col2.search(xb[:100], k=3) for h in row}
@@ -324,8 +328,10 @@ def test_missing_or_corrupt_index_file_is_rebuilt(tmp_path, caplog):
 def test_format_version_and_single_writer(tmp_path):
     path = tmp_path / "c"
     col = Collection.create(path, dim=4, index="Flat")
-    with pytest.raises(RuntimeError, match="already open"):
-        Collection.open(path)
+    code = f"from bertserve.search import Collection; Collection.open({str(path)!r})"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert other.returncode != 0 and "already open in another process" in other.stderr
     with pytest.raises(FileExistsError):
         Collection.create(path, dim=4)
     col.close()

@@ -6,13 +6,20 @@ for RoBERTa). That keeps raw text, pre-tokenized input and long-text windows on 
 """
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from bertserve.errors import BadInput, BadInputType
+from bertserve.errors import BadInput, BadInputType, TooLarge
 
 PAIR_SEPARATOR = "|||"
 LONG_TEXT_MODES = ("truncate", "chunk")
+# A text that will be truncated is first cut to this many characters per token the model can read, so a
+# 10 MB text costs what a page costs (English runs 4-5 characters a token). The cut falls where the
+# tokenizer starts a new word, so the tokens kept are exactly those of the whole text; a cut that leaves
+# too few tokens (or finds no word start) is widened and tried again, up to the whole text.
+CHARS_PER_TOKEN = 8
 
 
 @dataclass
@@ -68,6 +75,38 @@ def _probe_template(backend) -> _Template:
     return _Template(single, pair, single_types, pair_types)
 
 
+def _word_starts(backend) -> re.Pattern:
+    """Characters before which the tokenizer always starts a new word, so that cutting a text there
+    cannot change any token before the cut: whitespace for WordPiece and byte-level BPE, plus Chinese
+    characters where BERT's normalizer splits them off, and only the plain space for SentencePiece (its
+    words run from one space to the next; Chinese text without spaces is one word to it)."""
+    spec = json.loads(backend.to_str())
+    pre = spec.get("pre_tokenizer") or {}
+    kinds = {pre.get("type")} | {p.get("type") for p in pre.get("pretokenizers") or ()}
+    if "BertPreTokenizer" in kinds:
+        chinese = (spec.get("normalizer") or {}).get("handle_chinese_chars", False)
+        return re.compile(rf"[\s{CJK}]" if chinese else r"\s")
+    if kinds & {"Whitespace", "WhitespaceSplit", "ByteLevel"}:
+        return re.compile(r"\s")
+    return re.compile(" ")
+
+
+# the ideograph blocks BERT's tokenizer treats as words of their own
+CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df\U0002a700-\U0002ceaf\U0002f800-\U0002fa1f"
+
+
+def _cut(text: str, limit: int, word_starts: re.Pattern) -> str | None:
+    """The text up to the last word start within `limit` characters (trailing whitespace dropped: it can
+    make a token of its own), the whole text if it is that short, or None when no word starts there."""
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    last = word_starts.search(head[::-1])
+    if last is None:
+        return None
+    return head[:limit - 1 - last.start()].rstrip()
+
+
 def truncate_pair(n1: int, n2: int, budget: int) -> tuple[int, int]:
     """Lengths to keep of a pair so that n1 + n2 <= budget, removing from the longer first.
 
@@ -98,6 +137,7 @@ class TextTokenizer:
         self.backend.no_truncation()
         self.backend.no_padding()
         self.template = _probe_template(self.backend)
+        self.word_starts = _word_starts(self.backend)
         self.max_len = max_len
         self.long_text = long_text
         window = max_len - self.template.single_specials
@@ -109,8 +149,29 @@ class TextTokenizer:
             raise BadInput(f"chunk_overlap must be in [0, {window}), got {self.overlap}")
         self.unk_id = hf_tokenizer.unk_token_id
         self.pad_id = hf_tokenizer.pad_token_id if hf_tokenizer.pad_token_id is not None else 0
+        # admission limits (None: none); a server sets them from its config, and breaking one is a 413
+        self.max_text_chars: int | None = None      # characters of one text (token characters, pre-tokenized)
+        self.max_request_tokens: int | None = None  # tokens of one call, after truncation
 
     # -- input checking -------------------------------------------------------------------------------
+    def _check_size(self, texts, is_tokenized: bool) -> None:
+        limit = self.max_text_chars
+        if limit is None:
+            return
+        for i, t in enumerate(texts):
+            size = sum(len(w) for w in t) if is_tokenized else len(t)
+            if size > limit:
+                raise TooLarge(f"texts[{i}] has {size:,} characters; this server takes at most {limit:,} per "
+                               "text (max_text_chars): send a shorter text or split it")
+
+    def _check_tokens(self, items: list[Tokenized]) -> None:
+        limit = self.max_request_tokens
+        if limit is not None:
+            total = sum(item.num_tokens for item in items)
+            if total > limit:
+                raise TooLarge(f"the request has {total:,} tokens after truncation; this server takes at most "
+                               f"{limit:,} per request (max_request_tokens): split it into smaller requests")
+
     @staticmethod
     def _check_texts(texts, is_tokenized: bool) -> None:
         if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
@@ -142,7 +203,11 @@ class TextTokenizer:
         return ids
 
     def _content(self, texts, is_tokenized: bool) -> list[tuple[list[int], list[int] | None]]:
-        """Content ids (no special tokens) of each text: (a, b) with b None for a single text."""
+        """Content ids (no special tokens) of each text: (a, b) with b None for a single text.
+
+        Texts that are truncated anyway may come back longer than the window but shorter than the whole
+        text: enough to truncate exactly (see CHARS_PER_TOKEN)."""
+        truncating = self.long_text == "truncate"
         if is_tokenized:
             out = []
             for i, toks in enumerate(texts):
@@ -151,7 +216,7 @@ class TextTokenizer:
                     k = toks.index(PAIR_SEPARATOR)
                     out.append((self._ids_of_tokens(toks[:k], i), self._ids_of_tokens(toks[k + 1:], i)))
                 else:
-                    out.append((self._ids_of_tokens(toks, i), None))
+                    out.append((self._ids_of_tokens(toks[:self.window] if truncating else toks, i), None))
             return out
         parts_a, parts_b, pair_of = [], [], []
         for t in texts:
@@ -163,9 +228,50 @@ class TextTokenizer:
             else:
                 parts_a.append(t)
                 pair_of.append(None)
-        enc_a = self.backend.encode_batch(parts_a, add_special_tokens=False) if parts_a else []
-        enc_b = self.backend.encode_batch(parts_b, add_special_tokens=False) if parts_b else []
-        return [(ea.ids, None if j is None else enc_b[j].ids) for ea, j in zip(enc_a, pair_of)]
+        budget = self.max_len - self.template.pair_specials
+        need_a = [self.window if j is None else budget for j in pair_of]
+        clip_a = [truncating or j is not None for j in pair_of]
+        ids_a, cut_a = self._encode_clipped(parts_a, need_a, clip_a)
+        ids_b, cut_b = self._encode_clipped(parts_b, [budget] * len(parts_b), [True] * len(parts_b))
+        out = [(a, None if j is None else ids_b[j]) for a, j in zip(ids_a, pair_of)]
+        # A pair is truncated longest-first, which needs to know which part is the longer. A cut part
+        # holds more than the budget and its whole at least as many, so the answer is exact when only one
+        # part was cut and the other is shorter; otherwise both parts are tokenized whole.
+        for i, j in enumerate(pair_of):
+            if j is None or not (cut_a[i] or cut_b[j]):
+                continue
+            a, b = out[i]
+            if (cut_a[i] and cut_b[j]) or (cut_a[i] and len(b) >= len(a)) or (cut_b[j] and len(a) >= len(b)):
+                whole_a, whole_b = self.backend.encode_batch([parts_a[i], parts_b[j]], add_special_tokens=False)
+                out[i] = (whole_a.ids, whole_b.ids)
+        return out
+
+    def _encode_clipped(self, texts: list[str], need: list[int], clip: list[bool]) -> tuple[list, list[bool]]:
+        """(content ids of each text, whether they are of a cut text). A text with `clip` set is cut at a
+        word start, as short as still yields more than need[i] tokens (widened until it does)."""
+        ids: list = [None] * len(texts)
+        was_cut = [False] * len(texts)
+        todo = [i for i in range(len(texts)) if clip[i]]
+        whole = [i for i in range(len(texts)) if not clip[i]]
+        factor = CHARS_PER_TOKEN
+        while todo:
+            heads = [(i, _cut(texts[i], need[i] * factor, self.word_starts)) for i in todo]
+            heads = [(i, h) for i, h in heads if h is not None]
+            encoded = self.backend.encode_batch([h for _, h in heads], add_special_tokens=False) if heads else []
+            done = set()
+            for (i, head), enc in zip(heads, encoded):
+                if len(head) == len(texts[i]) or len(enc.ids) > need[i]:
+                    ids[i], was_cut[i] = enc.ids, len(head) < len(texts[i])
+                    done.add(i)
+            factor *= 4
+            todo = [i for i in todo if i not in done]
+            if todo and all(need[i] * factor >= len(texts[i]) for i in todo):
+                whole += todo  # widened to the whole text anyway
+                todo = []
+        if whole:
+            for i, enc in zip(whole, self.backend.encode_batch([texts[i] for i in whole], add_special_tokens=False)):
+                ids[i] = enc.ids
+        return ids, was_cut
 
     # -- assembly -------------------------------------------------------------------------------------
     def _single(self, ids: list[int]) -> tuple[list[int], list[int]]:
@@ -198,7 +304,10 @@ class TextTokenizer:
 
     def __call__(self, texts, is_tokenized: bool = False) -> list[Tokenized]:
         self._check_texts(texts, is_tokenized)
-        return [self._item(a, b) for a, b in self._content(texts, is_tokenized)]
+        self._check_size(texts, is_tokenized)
+        items = [self._item(a, b) for a, b in self._content(texts, is_tokenized)]
+        self._check_tokens(items)
+        return items
 
     def explain(self, texts: list[str], shift: int = 0) -> list[dict]:
         """What the model sees of each text (its first window): tokens, ids, each token's character span in the

@@ -41,6 +41,8 @@ def _json_line(line: str, n: int) -> dict:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
         raise BadInput(f"line {n + 1} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadInput(f"line {n + 1} is nested too deeply") from None
     if not isinstance(row, dict):
         raise BadInput(f"line {n + 1} is not a JSON object")
     return row
@@ -181,6 +183,8 @@ def _json_arg(value, flag):
         return json.loads(value)
     except json.JSONDecodeError as exc:
         raise BadInput(f"{flag} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadInput(f"{flag} is nested too deeply") from None
 
 
 def add_parser(subparsers) -> None:

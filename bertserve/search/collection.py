@@ -13,11 +13,15 @@ snapshot is rebuilt from the stored vectors.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
 import os
+import shutil
+import tempfile
 import threading
+import weakref
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,13 +34,7 @@ from bertserve.search.cluster import KMeansResult, fit_pca, kmeans
 from bertserve.search.embed import Embedder, VectorInput
 from bertserve.search.engine import VectorIndex, calibrate, fsync_dir
 from bertserve.search.filters import compile_filter
-from bertserve.search.inputs import (
-    check_ids,
-    check_k,
-    check_metadata,
-    check_texts,
-    prepare_add,
-)
+from bertserve.search.inputs import MAX_K, check_dim, check_ids, check_metadata, check_texts, clamp_k, prepare_add
 from bertserve.search.store import Store
 
 log = logging.getLogger("bertserve.search")
@@ -64,10 +62,25 @@ class Item(NamedTuple):
     vector: np.ndarray
 
 
+# Collections open in this process, by real path: opening one again (a notebook cell run twice) hands
+# back the same object with one more handle instead of failing on its own LOCK. Weak, so a collection
+# dropped without close() is finalized (and its LOCK freed) as usual.
+_OPEN: "weakref.WeakValueDictionary[str, Collection]" = weakref.WeakValueDictionary()
+_OPEN_LOCK = threading.Lock()
+
+
 class Collection(VectorInput):
-    """Open with `Collection.create(path, ...)` or `Collection.open(path)`; not via the constructor."""
+    """Open with `Collection.create(path, ...)` or `Collection.open(path)`; not via the constructor.
+
+    Each `open` of a collection this process already has open returns that same object; `close()` gives
+    back one handle, and the folder is closed when the last one is.
+    """
+
+    max_k = MAX_K  # most hits one search returns; k above it (or above the collection's size) is cut
 
     def __init__(self, path: Path, config: dict, encoder=None, reembed: bool = False):
+        self._handles = 1
+        self.store = None
         self.path = path
         self.config = config
         self.dim: int = config["dim"]
@@ -85,6 +98,9 @@ class Collection(VectorInput):
             self.vindex = self._load_index()
             self._after_change()
         except BaseException:
+            if self.store is not None:
+                self.store.close()
+                self.store = None
             os.close(self._lockfile)
             raise
 
@@ -92,6 +108,8 @@ class Collection(VectorInput):
     @classmethod
     def create(cls, path, encoder=None, dim: int | None = None, index: str = "auto", metric: str = "cosine",
                params: dict | None = None, memory_budget: int | None = None) -> "Collection":
+        """A new collection at `path`. Atomic: it is built in a hidden folder beside `path` and renamed
+        into place, so a create that fails (or is killed) leaves no half-made collection behind."""
         path = Path(path)
         if (path / CONFIG).exists():
             raise AlreadyExists(f"a collection already exists at {path}")
@@ -101,21 +119,21 @@ class Collection(VectorInput):
             if encoder is None:
                 raise BadInput("give an encoder or dim= to create a collection")
             dim = embedder.dim()
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
-            raise BadInput(f"dim must be a positive integer, got {dim!r}")
+        dim = check_dim(dim)
         if spec.factory != "auto":
             specs.build_index(spec.factory, dim, metric)  # fail now on a bad factory string
         config = {"format_version": FORMAT_VERSION, "dim": dim, "metric": metric, "index": spec.factory,
                   "params": spec.params, "memory_budget": memory_budget, "encoder": embedder.config(),
                   "encoder_fingerprint": embedder.fingerprint()}
-        path.mkdir(parents=True, exist_ok=True)
-        tmp = path / (CONFIG + ".tmp")
-        tmp.write_text(json.dumps(config, indent=2))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path / CONFIG)
-        fsync_dir(path)
-        return cls(path, config, encoder)
+        _build_folder(path, config)
+        with _OPEN_LOCK:
+            try:
+                col = cls(path, config, encoder)
+            except BaseException:
+                shutil.rmtree(path, ignore_errors=True)  # ours alone: nobody could open it before now
+                raise
+            _OPEN[_key(path)] = col
+        return col
 
     @classmethod
     def open(cls, path, encoder=None, reembed: bool = False) -> "Collection":
@@ -124,6 +142,28 @@ class Collection(VectorInput):
         from the saved config. `reembed=True` embeds every stored text again with `encoder` instead and makes it
         the collection's encoder (see `reembed`)."""
         path = Path(path)
+        with _OPEN_LOCK:
+            col = _OPEN.get(_key(path))
+            if col is None or col.store is None:
+                col = cls._open(path, encoder, reembed)
+                _OPEN[_key(path)] = col
+                return col
+            col._handles += 1
+        try:  # already open here: the same object, after the same encoder checks a fresh open makes
+            if reembed:
+                if encoder is None:
+                    raise BadInput("reembed=True needs the new encoder")
+                col.reembed(encoder)
+            elif encoder is not None and col.embedder.encoder is None:
+                col.embedder = Embedder(encoder, col.config.get("encoder"), col.config.get("encoder_fingerprint"),
+                                        f"collection {path}")
+        except BaseException:
+            col.close()
+            raise
+        return col
+
+    @classmethod
+    def _open(cls, path: Path, encoder, reembed: bool) -> "Collection":
         try:
             config = json.loads((path / CONFIG).read_text())
         except FileNotFoundError:
@@ -149,14 +189,31 @@ class Collection(VectorInput):
         return col
 
     def close(self):
-        with self._lock:
+        """Give back this handle; the last one saves the index and releases the folder."""
+        with _OPEN_LOCK, self._lock:
             if self.store is None:
                 return
-            if self._unsaved:
-                self._save_index()
-            self.store.close()
-            self.store = None
-            os.close(self._lockfile)
+            self._handles -= 1
+            if self._handles > 0:
+                return
+            try:
+                if self._unsaved:
+                    self._save_index()
+            finally:
+                self.store.close()
+                self.store = None
+                os.close(self._lockfile)
+                if _OPEN.get(_key(self.path)) is self:
+                    del _OPEN[_key(self.path)]
+
+    def __del__(self):
+        # dropped without close(): free the folder (items are durable; the index replays on next open)
+        if getattr(self, "store", None) is not None:
+            try:
+                self.store.close()
+                os.close(self._lockfile)
+            except Exception:
+                pass
 
     def __enter__(self):
         return self
@@ -285,12 +342,13 @@ class Collection(VectorInput):
         return (scores[0], ids[0]) if single else (scores, ids)
 
     def _search(self, query, k, filter, params) -> tuple[bool, np.ndarray, np.ndarray]:
-        check_k(k)
+        clamp_k(k, 1, self.max_k)  # the bad-k message before any query is embedded
         single, queries = self._queries(query)
         merged = {**self._auto_params, **self.spec.params, **specs.check_params(params)}
         where = compile_filter(filter) if filter is not None else None
         with self._lock:
             self._check_open()
+            k = clamp_k(k, len(self), self.max_k)
             allowed = self.store.matching(*where) if where is not None else None
             if self.vindex.live == 0 or (allowed is not None and len(allowed) == 0):
                 scores = np.full((len(queries), k), np.nan, np.float32)
@@ -312,7 +370,7 @@ class Collection(VectorInput):
         iids, vecs = self.store.vectors(allowed)
         flat = faiss.IndexFlat(self.dim, specs.METRICS[self.spec.metric])
         flat.add(vecs)
-        scores, pos = flat.search(queries, min(k, len(iids)))
+        scores, pos = flat.search(queries, max(1, min(k, len(iids))))
         found = np.where(pos >= 0, iids[np.maximum(pos, 0)], -1)
         pad = k - found.shape[1]
         if pad:
@@ -497,6 +555,32 @@ class _Names:
         return out
 
 
+def _key(path: Path) -> str:
+    return os.path.realpath(path)
+
+
+def _build_folder(path: Path, config: dict):
+    """Write a new collection's config and empty store in a hidden folder, then rename it to `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.creating-", dir=path.parent))
+    try:
+        (staging / CONFIG).write_text(json.dumps(config, indent=2))
+        with open(staging / CONFIG, "rb+") as f:
+            os.fsync(f.fileno())
+        Store(staging / "store.sqlite", config["dim"]).close()
+        fsync_dir(staging)
+        try:
+            os.rename(staging, path)  # replaces an empty folder; refuses one with anything in it
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise AlreadyExists(f"{path} already exists and is not an empty folder") from None
+            raise
+        fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def _write_json_atomically(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2))
@@ -512,5 +596,5 @@ def _lock_folder(path: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise Conflict(f"collection {path} is already open (in this or another process)") from None
+        raise Conflict(f"collection {path} is already open in another process") from None
     return fd

@@ -15,7 +15,7 @@ from typing import Callable
 import faiss
 import numpy as np
 
-from bertserve.errors import BadInput
+from bertserve.errors import BadInput, Unavailable
 from bertserve.search import spec as specs
 
 # A filter this selective is answered by an exact scan of the matching vectors: cheaper than
@@ -164,11 +164,16 @@ class VectorIndex:
     def save(self, path: Path) -> str:
         """Write index and slots to `path` atomically and durably; returns the file's sha256."""
         tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, faiss.serialize_index(self.index))
-            np.save(f, self.slots)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                np.save(f, faiss.serialize_index(self.index))
+                np.save(f, self.slots)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            # the items are safe in the store; only this snapshot (a cache of them) was not written
+            raise Unavailable(f"could not save {path.name}: {exc.strerror}; is the disk full?") from exc
         os.replace(tmp, path)
         fsync_dir(path.parent)
         return file_sha256(path)

@@ -8,6 +8,15 @@ import numpy as np
 
 from bertserve.errors import BadInput
 
+# Widest vector a collection takes. Faiss reads dims as a C int (2**31 already overflows it) and a
+# collection this wide holds 256 KiB per item; every real embedding model is far below it.
+MAX_DIM = 65_536
+# Most hits one search returns unless the collection is opened with another max_k. Faiss allocates
+# queries x k results before it looks at the data, so k must be bounded before it reaches Faiss.
+MAX_K = 10_000
+# Deepest metadata accepted; SQLite's JSON functions stop at 1000 levels, filters reach 32.
+MAX_META_DEPTH = 64
+
 
 def count_items(texts, vectors) -> int:
     if vectors is not None:
@@ -30,6 +39,20 @@ def prepare_add(col, texts, ids, metadata, vectors) -> tuple[list[str], list | N
 def check_k(k):
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
         raise BadInput(f"k must be a positive integer, got {k!r}")
+
+
+def clamp_k(k, size: int, max_k: int = MAX_K) -> int:
+    """k checked, then cut to what can be answered: at most `size` items exist and `max_k` are returned."""
+    check_k(k)
+    return int(min(k, max_k, max(size, 1)))
+
+
+def check_dim(dim, limit: int = MAX_DIM) -> int:
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim <= 0:
+        raise BadInput(f"dim must be a positive integer, got {dim!r}")
+    if dim > limit:
+        raise BadInput(f"dim {dim} is over the limit of {limit} dimensions per vector")
+    return int(dim)
 
 
 def check_texts(texts, n):
@@ -68,6 +91,18 @@ def check_metadata(metadata, n) -> list[str]:
     return [dump_meta(m) for m in metadata]
 
 
+def _depth(value) -> int:
+    """Nesting depth of a JSON value, without recursion (so a hostile depth cannot overflow the stack)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, level = todo.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            if level <= MAX_META_DEPTH:
+                todo.extend((v, level + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def dump_meta(meta) -> str:
     """Serialize one metadata object, refusing what JSON (and our filters) cannot represent."""
     if meta is None:
@@ -77,6 +112,8 @@ def dump_meta(meta) -> str:
     for key in meta:
         if not isinstance(key, str):
             raise BadInput(f"metadata keys must be strings, got {key!r}")
+    if _depth(meta) > MAX_META_DEPTH:
+        raise BadInput(f"metadata is nested more than {MAX_META_DEPTH} levels deep")
     try:
         return json.dumps(meta, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:

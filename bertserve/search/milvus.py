@@ -23,13 +23,7 @@ from bertserve.errors import AlreadyExists, BadInput, MissingFile, NotFound
 from bertserve.search.collection import Hit, Item
 from bertserve.search.embed import Embedder, VectorInput
 from bertserve.search.filters import COMPARE, FilterError, walk
-from bertserve.search.inputs import (
-    check_ids,
-    check_k,
-    check_metadata,
-    check_texts,
-    prepare_add,
-)
+from bertserve.search.inputs import MAX_K, check_dim, check_ids, check_metadata, check_texts, clamp_k, prepare_add
 
 CONFIG_PROPERTY = "bertserve.config"
 FORMAT_VERSION = 1
@@ -37,6 +31,8 @@ METRICS = {"cosine": "COSINE", "ip": "IP", "l2": "L2"}
 INDEXES = {"FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8", "IVF_PQ"}
 ID_MAX = 512
 TEXT_MAX = 65535  # Milvus's VARCHAR limit, in UTF-8 bytes
+DIM_MAX = 32768  # Milvus's limit on FLOAT_VECTOR dimensions
+TOPK_MAX = 16384  # Milvus's limit on the hits of one search
 
 
 def _client(uri: str):
@@ -50,6 +46,8 @@ def _client(uri: str):
 
 class MilvusCollection(VectorInput):
     """Open with `MilvusCollection.create(uri, name, ...)` or `.open(uri, name)`; not via the constructor."""
+
+    max_k = MAX_K  # most hits one search returns; a larger k is cut to it
 
     def __init__(self, client, uri: str, name: str, dim: int, config: dict, encoder=None):
         self.client, self.uri, self.name, self.dim = client, uri, name, dim
@@ -76,8 +74,7 @@ class MilvusCollection(VectorInput):
             if encoder is None:
                 raise BadInput("give an encoder or dim= to create a collection")
             dim = embedder.dim()
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
-            raise BadInput(f"dim must be a positive integer, got {dim!r}")
+        dim = check_dim(dim, DIM_MAX)
         client = _client(uri)
         try:
             if client.has_collection(name):
@@ -184,7 +181,7 @@ class MilvusCollection(VectorInput):
     def search(self, query, k: int = 10, filter: dict | None = None, params: dict | None = None,
                include_text: bool = True, include_metadata: bool = True):
         """Nearest items to a text, a vector, or a batch of either; same answers as Collection.search."""
-        check_k(k)
+        k = clamp_k(k, TOPK_MAX, min(self.max_k, TOPK_MAX))  # Milvus itself stops at the collection's size
         single, queries = self._queries(query)
         expr = compile_milvus(filter) if filter is not None else ""
         fields = [f for f, on in (("text", include_text), ("metadata", include_metadata)) if on]

@@ -9,5 +9,5 @@ def plugin(ctx):
         return None
     from bertserve.search.routes import make_router
 
-    router = make_router(ctx.config.data_dir, ctx.batched_encoder())
+    router = make_router(ctx.config.data_dir, ctx.batched_encoder(), max_k=ctx.config.max_search_k)
     return Plugin("collections", router, close=lambda seconds: router.registry.close())

@@ -6,6 +6,7 @@ through its batcher.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import threading
@@ -16,7 +17,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from bertserve.errors import AlreadyExists, BadInput, NotFound
-from bertserve.search.collection import CONFIG, Collection
+from bertserve.search.collection import CONFIG, Collection, _lock_folder
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -59,17 +60,18 @@ class IdsBody(Body):
 class Registry:
     """Open collections by name, confined to one data folder."""
 
-    def __init__(self, data_dir, embed):
+    def __init__(self, data_dir, embed, max_k: int | None = None):
         self.root = Path(data_dir).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.embed = embed
+        self.max_k = max_k
         self.open: dict[str, Collection] = {}
         self.lock = threading.Lock()
 
     def path(self, name: str) -> Path:
         if not isinstance(name, str) or not NAME.fullmatch(name) or ".." in name:
             raise BadInput(f"invalid collection name {name!r}: use letters, digits, '.', '_' or '-' "
-                                  "(at most 100), starting with a letter or digit")
+                       "(at most 100), starting with a letter or digit")
         path = (self.root / name).resolve()
         if path.parent != self.root:
             raise BadInput(f"collection name {name!r} leaves the data folder")
@@ -81,8 +83,13 @@ class Registry:
             if name not in self.open:
                 if not (path / CONFIG).exists():
                     raise NotFound(f"no collection named {name!r}")
-                self.open[name] = Collection.open(path, encoder=self.embed)
+                self.open[name] = self._limited(Collection.open(path, encoder=self.embed))
             return self.open[name]
+
+    def _limited(self, col: Collection) -> Collection:
+        if self.max_k is not None:
+            col.max_k = self.max_k
+        return col
 
     def create(self, body: CreateBody) -> Collection:
         path = self.path(body.name)
@@ -93,19 +100,40 @@ class Registry:
                 raise BadInput("give dim: this server has no encoder")
             col = Collection.create(path, encoder=self.embed, dim=body.dim, index=body.index, metric=body.metric,
                                     params=body.params, memory_budget=body.memory_budget)
-            self.open[body.name] = col
+            self.open[body.name] = self._limited(col)
             return col
 
     def drop(self, name: str):
+        """Delete a collection's folder, also one too damaged to open (never one open elsewhere)."""
         path = self.path(name)
-        col = self.get(name)
         with self.lock:
-            col.close()
-            self.open.pop(name, None)
-            shutil.rmtree(path)
+            if name not in self.names():
+                raise NotFound(f"no collection named {name!r}")
+            col = self.open.pop(name, None)
+            if col is not None:
+                col.close()
+            held = _lock_folder(path)  # Conflict while another process has it open
+            try:
+                shutil.rmtree(path)
+            finally:
+                os.close(held)
 
     def names(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if (p / CONFIG).exists() and NAME.fullmatch(p.name))
+        """Every collection folder, including damaged or half-made ones (so they can be seen and dropped)."""
+        return sorted(p.name for p in self.root.iterdir()
+                      if NAME.fullmatch(p.name) and any((p / f).exists() for f in (CONFIG, "store.sqlite")))
+
+    def listing(self) -> list[dict]:
+        out = []
+        for name in self.names():
+            if not (self.root / name / CONFIG).exists():
+                out.append({"name": name, "damaged": True, "error": f"half-made: it has no {CONFIG}"})
+                continue
+            try:
+                out.append(self.get(name).stats())
+            except Exception as exc:  # one bad folder must not hide the others
+                out.append({"name": name, "damaged": True, "error": _reason(exc)})
+        return out
 
     def close(self):
         with self.lock:
@@ -114,14 +142,19 @@ class Registry:
             self.open.clear()
 
 
+def _reason(exc: Exception) -> str:
+    return f"cannot be opened: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}"
+
+
 def _hit(h) -> dict:
     return {"id": h.id, "score": h.score, "text": h.text, "metadata": h.metadata}
 
 
-def make_router(data_dir, encoder_or_embed_fn=None) -> APIRouter:
+def make_router(data_dir, encoder_or_embed_fn=None, max_k: int | None = None) -> APIRouter:
     """Routes for collections stored under `data_dir`; texts are embedded with the given Encoder or
-    `embed(texts) -> ndarray` callable. `router.registry.close()` saves and closes them at shutdown."""
-    reg = Registry(data_dir, encoder_or_embed_fn)
+    `embed(texts) -> ndarray` callable; `max_k` bounds the hits of one search (default
+    Collection.max_k). `router.registry.close()` saves and closes them at shutdown."""
+    reg = Registry(data_dir, encoder_or_embed_fn, max_k)
     router = APIRouter(prefix="/collections", tags=["collections"])
     router.registry = reg
 
@@ -131,7 +164,7 @@ def make_router(data_dir, encoder_or_embed_fn=None) -> APIRouter:
 
     @router.get("")
     def list_collections():
-        return {"collections": [reg.get(name).stats() for name in reg.names()]}
+        return {"collections": reg.listing()}
 
     @router.get("/{name}")
     def stats(name: str):

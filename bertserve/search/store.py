@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertserve.errors import BadInput
+from bertserve.errors import BadInput, Unavailable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -34,11 +34,25 @@ CHUNK = 10_000
 class Store:
     def __init__(self, path: Path, dim: int):
         self.dim = dim
+        self.path = path
         # isolation_level=None: we issue BEGIN/COMMIT ourselves so a call is exactly one transaction.
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            # Reads go through the id index and never touch most table pages, so a damaged page would
+            # only show (or not) as a wrong answer later: check every page once, here (one sequential read).
+            problems = [r[0] for r in self.db.execute("PRAGMA quick_check(5)")]
+            if problems != ["ok"]:
+                raise sqlite3.DatabaseError("; ".join(problems))
+            self.db.executescript(SCHEMA)
+        except sqlite3.OperationalError:
+            self.db.close()
+            raise
+        except sqlite3.DatabaseError as exc:  # SQLite's word for a damaged file
+            self.db.close()
+            raise Unavailable(f"{path} is damaged ({exc}); the collection cannot be opened. Restore the "
+                              "folder from a backup, or drop it") from None
 
     def close(self):
         self.db.close()
@@ -57,7 +71,7 @@ class Store:
                 self._set_state(key, value)
 
     def transaction(self):
-        return _Transaction(self.db)
+        return _Transaction(self.db, self.path)
 
     # ---- writes ------------------------------------------------------------------------------------
     def existing(self, ids: list[str]) -> list[str]:
@@ -155,8 +169,8 @@ class Store:
 
 
 class _Transaction:
-    def __init__(self, db):
-        self.db = db
+    def __init__(self, db, path: Path):
+        self.db, self.path = db, path
         self.outer = False
 
     def __enter__(self):
@@ -166,9 +180,30 @@ class _Transaction:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if self.outer:
-            self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if not self.outer:
+            return False
+        if exc_type is None:
+            try:
+                self.db.execute("COMMIT")
+                return False
+            except sqlite3.OperationalError as failed:
+                exc = failed
+        if self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # SQLite rolls back itself when it cannot; the journal keeps the file consistent
+        if isinstance(exc, sqlite3.OperationalError) and _write_failure(exc):
+            raise Unavailable(f"could not write to {self.path}: {exc}; is the disk full? Nothing of this "
+                              "change was kept; everything acknowledged before it is safe") from exc
+        if exc_type is None:
+            raise exc
         return False
+
+
+def _write_failure(exc: sqlite3.OperationalError) -> bool:
+    message = str(exc).lower()
+    return "disk" in message or "full" in message or "i/o" in message
 
 
 def _chunks(seq: list):

@@ -35,6 +35,10 @@ def add_parser(subparsers) -> None:
     g.add_argument("--max-queue-texts", type=int, help="texts held at most before refusing (HTTP 429)")
     g.add_argument("--max-request-texts", type=int, help="texts allowed in one request")
     g.add_argument("--max-payload-bytes", type=int, help="largest HTTP body accepted")
+    g.add_argument("--max-text-chars", type=int, help="longest text accepted, in characters (default 1000000)")
+    g.add_argument("--max-request-tokens", type=int, help="most tokens in one request after truncation "
+                                                         "(default 1000000)")
+    g.add_argument("--max-search-k", type=int, help="most hits one collection search returns (default 10000)")
     g.add_argument("--allow-dimensions", action="store_true",
                    help="let OpenAI's `dimensions` truncate vectors (only for Matryoshka-trained models)")
     g.add_argument("--shutdown-timeout", type=float, help="seconds to finish requests in flight on SIGTERM")

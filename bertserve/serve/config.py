@@ -21,7 +21,8 @@ from bertserve.errors import BadInput
 BERT_AS_SERVICE_VERSION = "1.10.0"
 ENCODER_FIELDS = frozenset(f.name for f in dataclasses.fields(EncoderConfig))
 PORT_FIELDS = ("http_port", "port", "port_out")
-POSITIVE_FIELDS = ("num_worker", "max_batch_tokens", "max_queue_texts", "max_request_texts", "max_payload_bytes")
+POSITIVE_FIELDS = ("num_worker", "max_batch_tokens", "max_queue_texts", "max_request_texts", "max_payload_bytes",
+                   "max_text_chars", "max_request_tokens", "max_search_k")
 
 
 @dataclass
@@ -49,6 +50,11 @@ class ServerConfig:
     max_queue_texts: int = 16384
     max_request_texts: int = 4096
     max_payload_bytes: int = 32 * 1024 * 1024
+    # admission by cost (docs/reliability.md): longer texts and larger requests are answered 413; texts are
+    # cut to what the model reads before tokenizing, so these bound the work of chunked texts and pairs
+    max_text_chars: int = 1_000_000
+    max_request_tokens: int = 1_000_000
+    max_search_k: int = 10_000  # hits of one collection search; a larger k is cut to it
     # OpenAI `dimensions` truncates vectors; only models trained for it (Matryoshka) keep their meaning.
     allow_dimensions: bool = False
     shutdown_timeout: float = 30.0
@@ -106,6 +112,8 @@ class ServerConfig:
         except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
             kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
             raise BadInput(f"server config: {path} is not valid {kind}: {e}") from e
+        except RecursionError:
+            raise BadInput(f"server config: {path} is nested too deeply to be a settings file") from None
         if not isinstance(data, dict):
             raise BadInput(f"server config: {path} must hold a table/object of settings")
         data = data.get("serve", data)  # a [serve] table lets one file carry several commands' settings

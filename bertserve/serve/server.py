@@ -34,6 +34,8 @@ def build_state(config: ServerConfig, encoder=None) -> ServerState:
     from bertserve import Encoder
 
     encoder = encoder if encoder is not None else Encoder(config=config.encoder)
+    encoder.tokenizer.max_text_chars = config.max_text_chars  # admission by cost: 413 past these
+    encoder.tokenizer.max_request_tokens = config.max_request_tokens
     if config.encoder.num_threads is None and config.num_worker > 1:
         # each worker thread runs its own forward pass; more torch threads than cores only adds contention
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.num_worker))

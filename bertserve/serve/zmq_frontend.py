@@ -241,6 +241,8 @@ def _parse_payload(payload: bytes, msg_len: bytes):
         texts = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BadInput(f"payload is not valid JSON: {e}") from None
+    except RecursionError:  # the JSON parser recurses per level; a list of texts is two levels deep
+        raise BadInput("payload is nested too deeply: send a JSON list of strings or of token lists") from None
     if not isinstance(texts, list):
         raise BadInput(f"payload must be a JSON list of strings or of token lists, got {type(texts).__name__}")
     if not msg_len.isdigit() or int(msg_len) != len(texts):
