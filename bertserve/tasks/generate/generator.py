@@ -18,12 +18,14 @@ which is why greedy output equals `model.generate(do_sample=False)` token for to
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import queue
 import threading
 import time
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
@@ -113,10 +115,15 @@ class Generator:
         self.tokenizer = tokenizer
         self.detokenize = make_detokenizer(tokenizer)
         self.context = context_length(model)
+        # transformers 5.2x renamed forward's `past_key_values` to `cache` (the old name still works, warning)
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        # a prompt needs the logits of its last position only (the output layer is most of a small model)
+        self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         eos = model.generation_config.eos_token_id if model.generation_config else None
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.stop_ids = tuple(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
-        self.name = str(getattr(model.config, "name_or_path", "") or type(model).__name__)
+        self.name = Path(str(getattr(model.config, "name_or_path", "") or type(model).__name__)).name
         self._waiting: queue.SimpleQueue[Stream] = queue.SimpleQueue()
         self._waiting_count = 0
         self._lock = threading.Lock()
@@ -162,12 +169,12 @@ class Generator:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def check(self, prompt_ids: list[int], params: SamplingParams):
-        if params.max_new_tokens > self.config.max_new_tokens:
-            raise BadInput(f"max_new_tokens {params.max_new_tokens} is over this server's cap of "
-                           f"{self.config.max_new_tokens}")
         if len(prompt_ids) >= self.context:
             raise BadInput(f"prompt has {len(prompt_ids)} tokens; the model's context is {self.context} "
                            "(prompt and output together): shorten it")
+        if params.max_new_tokens > self.config.max_new_tokens:
+            raise BadInput(f"max_new_tokens {params.max_new_tokens} is over this server's cap of "
+                           f"{self.config.max_new_tokens}")
         if len(prompt_ids) + 1 > self.config.max_batch_tokens:
             raise TooLarge(f"prompt has {len(prompt_ids)} tokens, over this server's step budget of "
                            f"{self.config.max_batch_tokens}")
@@ -175,7 +182,8 @@ class Generator:
     def submit(self, prompt, listener: Callable[[Event], None] | None = None, **params) -> Stream:
         """Queue one prompt; returns at once. `params` are SamplingParams fields."""
         ids = self.encode_prompt(prompt)
-        options = params if isinstance(params, SamplingParams) else SamplingParams(**params)
+        params.setdefault("max_new_tokens", min(SamplingParams.max_new_tokens, self.config.max_new_tokens))
+        options = SamplingParams(**params)
         options.stop_ids = () if options.ignore_eos else self.stop_ids
         self.check(ids, options)
         stream = Stream(ids, options, listener)
@@ -304,7 +312,7 @@ class Generator:
 
         ids = torch.tensor([stream.prompt_ids])
         cache = DynamicCache()
-        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
+        out = self.model(input_ids=ids, use_cache=True, **self._last_only, **{self._cache_arg: cache})
         stream.length = ids.shape[1]
         stream.gen = stream.params.torch_generator()
         stream.seen = torch.tensor(stream.prompt_ids)
@@ -344,8 +352,8 @@ class Generator:
         mask = torch.arange(longest + 1)[None, :] < lengths[:, None]
         mask[:, longest] = True
         tokens = torch.tensor([[s.output[-1]] for s in running])
-        out = self.model(input_ids=tokens, past_key_values=cache, attention_mask=mask.long(),
-                         position_ids=lengths[:, None], use_cache=True)
+        out = self.model(input_ids=tokens, attention_mask=mask.long(), position_ids=lengths[:, None],
+                         use_cache=True, **{self._cache_arg: cache})
         rows = torch.arange(len(running))
         for K, V, layer in zip(self._keys, self._values, cache.layers):
             K[rows, :, lengths] = layer.keys[:, :, longest]
