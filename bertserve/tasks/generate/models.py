@@ -51,10 +51,15 @@ def resolve(source: str | Path) -> Path:
             gguf = _packaged_gguf(str(source))
             log.info("converting %s (%s) into %s (once)", source, gguf.name, folder)
             model, tokenizer = _load_gguf(gguf)
+            # the weights are plain float32 now; only the loader's GGUF marker forbids saving them
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
             tmp = folder.with_name(folder.name + ".tmp")
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-            tmp.replace(folder) if not folder.exists() else None
+            if not folder.exists():
+                tmp.replace(folder)
         return folder
     path = Path(source).expanduser()
     if path.is_file() and path.suffix == ".gguf":

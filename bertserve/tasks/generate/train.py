@@ -71,8 +71,9 @@ class TrainConfig:
             raise BadInput(f"lr must be > 0, got {self.lr}")
 
     def model_fields(self) -> dict:
-        """What must match for a checkpoint to be resumed."""
-        keys = ("corpus", "tokenizer", "layers", "width", "heads", "context", "batch_size", "steps", "lr",
+        """What must match for a checkpoint to be resumed. `steps` is not among them: rerunning with more steps
+        continues a finished run (on the new, longer learning-rate schedule)."""
+        keys = ("corpus", "tokenizer", "layers", "width", "heads", "context", "batch_size", "lr",
                 "warmup", "weight_decay", "heldout", "seed", "max_lines", "dropout", "prune_vocab")
         return {k: getattr(self, k) for k in keys}
 
