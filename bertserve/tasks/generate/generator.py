@@ -134,6 +134,7 @@ class Generator:
         self._keys: list[torch.Tensor] = []
         self._values: list[torch.Tensor] = []
         self.steps = 0
+        self.cancelled = 0   # streams whose caller went away before they finished
         self._thread = threading.Thread(target=self._loop, name="bertserve-generate", daemon=True)
         self._thread.start()
 
@@ -234,6 +235,7 @@ class Generator:
                 "parameters": self.model.num_parameters(), "context": self.context,
                 "vocab_size": len(self.tokenizer), "chat_template": self.has_chat_template,
                 "running": len(self._running), "waiting": self._waiting_count, "steps": self.steps,
+                "cancelled": self.cancelled,
                 "max_streams": self.config.max_streams, "max_batch_tokens": self.config.max_batch_tokens,
                 "max_new_tokens": self.config.max_new_tokens}
 
@@ -410,7 +412,9 @@ class Generator:
 
     def _fail(self, stream: Stream, error: BaseException | None):
         """End a stream that will not complete: cancelled (error None) or failed."""
-        error = error or Unavailable("request cancelled")
+        if error is None:
+            self.cancelled += 1
+            error = Unavailable("request cancelled")
         _resolve(stream.future, error=error)
         stream._tell(Event("error", error=error))
 

@@ -1,7 +1,7 @@
 """OpenAI-compatible text generation over HTTP: POST /v1/completions and POST /v1/chat/completions.
 
-The request and response shapes are OpenAI's (so the `openai` client works unchanged), plus two fields
-vLLM also takes: `top_k` and `repetition_penalty`. Every check that can fail (prompt too long, max_tokens
+The request and response shapes are OpenAI's (so the `openai` client works unchanged), plus three fields
+vLLM also takes: `top_k`, `repetition_penalty` and `ignore_eos`. Every check that can fail (prompt too long, max_tokens
 over the cap, n too large, negative temperature, no chat template) runs before a response starts, so a bad
 request is a 400 with a message, never a broken stream. Streams are server-sent events ending with
 `data: [DONE]`; a client that disconnects mid-stream cancels its streams, which leave the batch at the next
@@ -43,6 +43,7 @@ class _Sampling(BaseModel):
     logprobs: Any = None
     top_k: int = Field(0, description="keep the k most likely tokens (0: all); a vLLM extension")
     repetition_penalty: float = Field(1.0, description="> 1 discourages repeats (transformers' definition)")
+    ignore_eos: bool = Field(False, description="generate max_tokens even past end tokens; a vLLM extension")
 
 
 class CompletionRequest(_Sampling):
@@ -119,7 +120,8 @@ class _Request:
 
                     self.streams.append(generator.submit(
                         ids, listener, max_new_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
-                        top_k=req.top_k, repetition_penalty=req.repetition_penalty, stop=stop, seed=seed))
+                        top_k=req.top_k, repetition_penalty=req.repetition_penalty, stop=stop, seed=seed,
+                        ignore_eos=req.ignore_eos))
         except BaseException:
             self.cancel()
             raise
