@@ -12,12 +12,13 @@ One scheduler thread owns the model. Each loop is one decoding step:
 The running streams' caches live in one tensor per layer, (streams, heads, capacity, head_dim), each row
 filled up to its own length. A decoding step hands the model the first max(length) positions as a
 DynamicCache, with an attention mask over each row's real positions and per-row position ids, so streams of
-different lengths share one forward pass; the model appends the new keys/values at the end, and they are
-copied to each row's own next position. For one stream this is exactly transformers' own cached decoding,
+different lengths share one forward pass; the model's cache update writes the new keys/values in place at
+position max(length) (no copy of the cache per step), and shorter rows' are moved to their own length. For one stream this is exactly transformers' own cached decoding,
 which is why greedy output equals `model.generate(do_sample=False)` token for token.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import queue
@@ -342,24 +343,24 @@ class Generator:
             self._values = [_resized(v, capacity) for v in self._values]
 
     def _decode(self):
-        from transformers import DynamicCache
-
         running = self._running
         lengths = torch.tensor([s.length for s in running])
         longest = int(lengths.max())
         self._grow(_round_up(longest + 1))
-        cache = DynamicCache()
-        for i, (k, v) in enumerate(zip(self._keys, self._values)):
-            cache.update(k[:, :, :longest], v[:, :, :longest], i)
+        cache = _slot_cache(self._keys, self._values, longest)
         mask = torch.arange(longest + 1)[None, :] < lengths[:, None]
         mask[:, longest] = True
         tokens = torch.tensor([[s.output[-1]] for s in running])
         out = self.model(input_ids=tokens, attention_mask=mask.long(), position_ids=lengths[:, None],
                          use_cache=True, **{self._cache_arg: cache})
-        rows = torch.arange(len(running))
-        for K, V, layer in zip(self._keys, self._values, cache.layers):
-            K[rows, :, lengths] = layer.keys[:, :, longest]
-            V[rows, :, lengths] = layer.values[:, :, longest]
+        # the model wrote every row's new keys/values at position `longest`; shorter rows want them at their
+        # own length (position `longest` of those rows is masked until they grow into it)
+        shorter = torch.nonzero(lengths < longest).flatten()
+        if shorter.numel():
+            at = lengths[shorter]
+            for K, V in zip(self._keys, self._values):
+                K[shorter, :, at] = K[shorter, :, longest]
+                V[shorter, :, at] = V[shorter, :, longest]
         logits = out.logits[:, -1].float()
         for i, s in enumerate(running):
             s.length += 1
@@ -417,6 +418,41 @@ class Generator:
             error = Unavailable("request cancelled")
         _resolve(stream.future, error=error)
         stream._tell(Event("error", error=error))
+
+
+@functools.lru_cache(maxsize=1)
+def _in_place_layer():
+    from transformers.cache_utils import DynamicLayer
+
+    class InPlaceLayer(DynamicLayer):
+        """Positions [0, length) of preallocated (rows, heads, capacity, dim) tensors; `update` writes the
+        step's new keys/values at `length` in place instead of concatenating a copy of the whole cache."""
+
+        def __init__(self, k, v, length):
+            super().__init__()
+            self.buffer_k, self.buffer_v, self.length = k, v, length
+            self.keys, self.values = k[:, :, :length], v[:, :, :length]
+            self.device, self.is_initialized = k.device, True
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            n = self.length + key_states.shape[-2]
+            self.buffer_k[:, :, self.length:n] = key_states
+            self.buffer_v[:, :, self.length:n] = value_states
+            self.keys, self.values = self.buffer_k[:, :, :n], self.buffer_v[:, :, :n]
+            return self.keys, self.values
+
+    return InPlaceLayer
+
+
+def _slot_cache(keys: list[torch.Tensor], values: list[torch.Tensor], length: int):
+    """A DynamicCache over the first `length` positions of the running streams' cache tensors (which have
+    room for one more position: see _grow)."""
+    from transformers import DynamicCache
+
+    layer = _in_place_layer()
+    cache = DynamicCache()
+    cache.layers = [layer(k, v, length) for k, v in zip(keys, values)]
+    return cache
 
 
 def _round_up(n: int) -> int:
