@@ -239,6 +239,8 @@ def test_disconnecting_client_frees_its_slot(server):
     while engine()["running"] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert engine()["running"] == 0 and engine()["waiting"] == 0
+    assert engine()["statistic"]["requests"] >= 24   # every stream accounted for: cancelled or done
+    assert 'bertserve_tokens_total{engine="generate"}' in httpx.get(server + "/metrics").text
     assert httpx.post(server + "/v1/completions", json={"prompt": "中国", "max_tokens": 4}).status_code == 200
 
 

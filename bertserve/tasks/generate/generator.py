@@ -107,9 +107,12 @@ class Stream:
 
 
 class Generator:
-    def __init__(self, model, tokenizer=None, config: GeneratorConfig | None = None, **config_fields):
-        """`model`: a folder, a .gguf file, a packaged model name ("smollm2") or a loaded model."""
+    def __init__(self, model, tokenizer=None, config: GeneratorConfig | None = None, metrics=None,
+                 **config_fields):
+        """`model`: a folder, a .gguf file, a packaged model name ("smollm2") or a loaded model. `metrics`: a
+        bertserve.engine.metrics.Metrics the server's /metrics and /status read (engine label "generate")."""
         self.config = config or GeneratorConfig(**config_fields)
+        self.metrics = metrics
         if tokenizer is None:
             model, tokenizer = load_causal_lm(model)
         self.model = model.eval()
@@ -273,15 +276,21 @@ class Generator:
                     self._running, self._keys, self._values = [], [], []
 
     def _step(self):
-        self._admit()
+        started = time.perf_counter()
+        prefilled = self._admit()
         self._drop_finished()
+        decoded = len(self._running)
         if self._running:
             self._decode()
             self._drop_finished()
         self.steps += 1
+        if self.metrics is not None:   # a step is this engine's batch: its items are the streams it advanced
+            self.metrics.observe_batch("generate", decoded, decoded + prefilled, time.perf_counter() - started)
 
-    def _admit(self):
+    def _admit(self) -> int:
+        """Prefill waiting requests while the step's budget lasts; returns the prompt tokens run."""
         budget = self.config.max_batch_tokens - len(self._running)
+        prefilled = 0
         while len(self._running) < self.config.max_streams and self._waiting_count:
             stream = self._peek_waiting()
             if stream.cancelled:
@@ -289,14 +298,16 @@ class Generator:
                 self._fail(stream, None)
                 continue
             if len(stream.prompt_ids) > budget and self._running:
-                return   # waits for the next step; an idle generator always takes one
+                break   # waits for the next step; an idle generator always takes one
             self._take_waiting()
             budget -= len(stream.prompt_ids)
+            prefilled += len(stream.prompt_ids)
             try:
                 self._prefill(stream)
             except Exception as e:
                 log.exception("prefill failed")
                 self._fail(stream, e)
+        return prefilled
 
     def _peek_waiting(self) -> Stream:
         if self._head is None:
@@ -393,6 +404,7 @@ class Generator:
         if reason:
             done = Completion(text, list(stream.output), len(stream.prompt_ids), reason)
             stream.finished = True
+            self._observe(stream, failed=False)
             _resolve(stream.future, done)
             stream._tell(Event("done", completion=done))
 
@@ -411,11 +423,16 @@ class Generator:
         self._keys = [k.index_select(0, index) for k in self._keys]
         self._values = [v.index_select(0, index) for v in self._values]
 
+    def _observe(self, stream: Stream, failed: bool):
+        if self.metrics is not None:
+            self.metrics.observe_engine_request("generate", time.perf_counter() - stream.submitted, failed)
+
     def _fail(self, stream: Stream, error: BaseException | None):
         """End a stream that will not complete: cancelled (error None) or failed."""
         if error is None:
             self.cancelled += 1
             error = Unavailable("request cancelled")
+        self._observe(stream, failed=error is not None and not stream.cancelled)
         _resolve(stream.future, error=error)
         stream._tell(Event("error", error=error))
 

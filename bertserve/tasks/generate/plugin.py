@@ -17,7 +17,7 @@ def plugin(ctx):
     from bertserve.tasks.generate.routes import make_router
 
     cfg = ctx.config
-    generator = Generator(path, config=GeneratorConfig(
+    generator = Generator(path, metrics=ctx.metrics, config=GeneratorConfig(
         max_batch_tokens=cfg.max_batch_tokens,
         max_new_tokens=getattr(cfg, "generator_max_new_tokens", None) or GeneratorConfig.max_new_tokens))
     return Plugin("generate", make_router(generator), GenerateEngine(generator),
