@@ -30,7 +30,7 @@ os.environ.setdefault("BERTSERVE_CACHE", str(Path(__file__).parent / ".cache"))
 
 import torch  # noqa: E402
 
-from bertserve.encode.backends.machine_load import Meter  # noqa: E402
+from bertserve.machine_load import Meter  # noqa: E402
 from bertserve.tasks.generate.generator import Generator  # noqa: E402
 from bertserve.tasks.generate.models import load_causal_lm, make_detokenizer  # noqa: E402
 
