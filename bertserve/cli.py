@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "bertserve.search.cli",
     "bertserve.serve.cli",
     "bertserve.distill.cli",
+    "bertserve.tasks.ner.cli",
     "bertserve.tasks.generate.cli",
 ]
 

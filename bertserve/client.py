@@ -134,6 +134,14 @@ class Client(_Base):
                 bar.close()
         return _concat(parts)
 
+    def ner(self, texts) -> list[list[dict]]:
+        """Named entities per text (`serve --ner DIR`): {"text", "label", "start", "end", "score"} with
+        character offsets into the text as sent."""
+        out = []
+        for chunk in self._chunks(texts, False):
+            out += self._request("POST", "/ner", {"texts": chunk})["results"]
+        return out
+
     def status(self) -> dict:
         return self._request("GET", "/status")
 

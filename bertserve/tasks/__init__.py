@@ -1,1 +1,1 @@
-"""Tasks served next to the encoder: each package is an engine with its training, evaluation, routes and CLI."""
+"""Tasks served as engines: each package holds its engine, training, evaluation, routes and CLI."""
