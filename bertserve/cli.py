@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "bertserve.serve.cli",
     "bertserve.distill.cli",
     "bertserve.tasks.ner.cli",
+    "bertserve.tasks.generate.cli",
 ]
 
 

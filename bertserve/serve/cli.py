@@ -29,6 +29,9 @@ def add_parser(subparsers) -> None:
     g.add_argument("--classifier", help="classifier folder (teacher or student from `bertserve distill`), "
                                         "served under POST /classify")
     g.add_argument("--ner", help="NER tagger folder (`bertserve finetune/distill --task ner`), served under POST /ner")
+    g.add_argument("--generator", help="causal language model (folder, .gguf, or 'smollm2'), served under "
+                                       "POST /v1/completions and /v1/chat/completions")
+    g.add_argument("--generator-max-new-tokens", type=int, help="cap on a generation request's max_tokens (512)")
     g = p.add_argument_group("batching and limits")
     g.add_argument("--num-worker", type=int, help="encoder worker threads (default 1)")
     g.add_argument("--max-batch-tokens", type=int, help="token budget of one batch (default 4096)")

@@ -44,6 +44,8 @@ class ServerConfig:
     data_dir: str | None = None   # folder of search collections, served under /collections
     classifier: str | None = None  # classifier folder (bertserve finetune/distill output), served under /classify
     ner: str | None = None         # tagger folder (bertserve finetune/distill --task ner), served under /ner
+    generator: str | None = None   # causal LM folder, .gguf or "smollm2", served under /v1/completions
+    generator_max_new_tokens: int | None = None   # cap on a generation request's max_tokens (default 512)
     # batching and limits
     num_worker: int = 1
     max_batch_tokens: int = 4096

@@ -18,6 +18,7 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "bertserve.search.plugin",          # /collections (with --data-dir)
     "bertserve.distill.classify_plugin",  # /classify (with --classifier)
     "bertserve.tasks.ner.routes",         # /ner (with --ner)
+    "bertserve.tasks.generate.plugin",  # /v1/completions, /v1/chat/completions (with --generator)
 )
 
 
