@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "bertserve.search.cli",
     "bertserve.serve.cli",
     "bertserve.distill.cli",
+    "bertserve.tasks.summarize.cli",
 ]
 
 

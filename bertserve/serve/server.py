@@ -85,7 +85,9 @@ class Server:
 
         from bertserve.distill.classify_routes import classify_routers
 
-        self.routers = collection_routers(self.state) + classify_routers(self.state)
+        from bertserve.tasks.summarize.routes import summarize_routers
+
+        self.routers = collection_routers(self.state) + classify_routers(self.state) + summarize_routers(self.state)
         app = make_app(self.state, self.routers)
         ucfg = uvicorn.Config(app, host=self.config.host, port=self.config.http_port, access_log=False,
                               log_level=logging.getLogger().getEffectiveLevel(), log_config=None,

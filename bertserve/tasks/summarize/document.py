@@ -31,9 +31,13 @@ def window_tokens(encoder) -> int:
 
 def encode(encoder, texts: list[str]) -> np.ndarray:
     """`encoder.encode(texts)` as a float32 (n, d) array, whatever the encoder-like object returns."""
-    vectors = np.asarray(encoder.encode(texts), dtype=np.float32)
-    if vectors.ndim != 2 or vectors.shape[0] != len(texts):
-        raise BadInput(f"the encoder must give one vector per text (got shape {vectors.shape} for {len(texts)} "
+    return checked_vectors(encoder.encode(texts), len(texts))
+
+
+def checked_vectors(vectors, n: int) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[0] != n:
+        raise BadInput(f"the encoder must give one vector per text (got shape {vectors.shape} for {n} "
                        "texts); a server that pools per token (pooling NONE) cannot summarize")
     return vectors
 

@@ -86,6 +86,7 @@ def finish_keywords(job: KeywordJob, vectors: np.ndarray) -> list[Keyword]:
     cand = cand / np.maximum(np.linalg.norm(cand, axis=1, keepdims=True), 1e-12)
     similarity = cand @ doc
     chosen = mmr(cand, similarity, job.options.top_n, job.options.diversity)
+    chosen.sort(key=lambda i: -similarity[i])  # MMR decides which; they are shown best first
     return [Keyword(job.candidates[i][0], float(similarity[i]), job.candidates[i][1]) for i in chosen]
 
 
