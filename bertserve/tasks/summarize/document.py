@@ -57,10 +57,9 @@ class Document:
             raise BadInputType(f"text must be a string, got {type(text).__name__}")
         if not text.strip():
             raise BadInput("text is empty")
-        sentences = split_sentences(text)
+        sentences = split_sentences(text, limit=MAX_SENTENCES)
         if len(sentences) > MAX_SENTENCES:
-            raise TooLarge(f"text has {len(sentences)} sentences; at most {MAX_SENTENCES} are accepted "
-                           "(send it in parts)")
+            raise TooLarge(f"text has more than {MAX_SENTENCES} sentences, the most accepted (send it in parts)")
         chinese = is_chinese(text)
         # a Chinese character can be a token of its own; English averages 4+ characters a token
         limit = max(16, (window - 2) if chinese else 3 * (window - 2))

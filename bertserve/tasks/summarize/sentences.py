@@ -45,6 +45,7 @@ _OPENERS_AFTER_ACRONYM = frozenset("the a an it he she they we i this that these
                                    "there its his her their our".split())
 _ACRONYM = re.compile(r"(?:[A-Za-z]\.){2,}$")
 _WORD_BEFORE = re.compile(r"([\w.]+)\.$")
+_CANDIDATE = re.compile(r"[\n。！？；…!?;.]")
 
 
 def is_chinese(text: str, threshold: float = 0.3) -> bool:
@@ -53,14 +54,18 @@ def is_chinese(text: str, threshold: float = 0.3) -> bool:
     return letters > 0 and len(_CJK_CHAR.findall(text)) / letters >= threshold
 
 
-def split_sentences(text: str) -> list[Sentence]:
-    """The sentences of `text` in order, stripped of surrounding whitespace, with their offsets."""
+def split_sentences(text: str, limit: int | None = None) -> list[Sentence]:
+    """The sentences of `text` in order, stripped of surrounding whitespace, with their offsets. With
+    `limit`, splitting stops once more than `limit` sentences are found (a caller refusing long texts need
+    not split all of a huge one)."""
     if not isinstance(text, str):
         raise TypeError(f"text must be a string, got {type(text).__name__}")
     sentences, start = [], 0
     for end in _boundaries(text):
         _add(sentences, text, start, end)
         start = end
+        if limit is not None and len(sentences) > limit:
+            return sentences
     _add(sentences, text, start, len(text))
     return sentences
 
@@ -84,31 +89,25 @@ def _add(out: list[Sentence], text: str, start: int, end: int):
 def _boundaries(text: str):
     """Offsets where a sentence ends (exclusive), in increasing order."""
     n, i = len(text), 0
-    while i < n:
-        c = text[i]
+    for m in _CANDIDATE.finditer(text):
+        if m.start() < i:
+            continue  # inside a run of stops or closers already consumed
+        i, c = m.start(), m.group()
         if c == "\n":
             j = i + 1
             while j < n and text[j] in " \t\r":
                 j += 1
-            if j < n and text[j] == "\n":  # blank line
+            if (j < n and text[j] == "\n") or _after_cjk(text, i):  # a blank line, or a line of Chinese
                 yield i
-            elif _after_cjk(text, i):
-                yield i
-            i = j if j > i + 1 else i + 1
-            continue
-        if c in _CHINESE_STOP and (c not in "!?;" or _after_cjk(text, i)):
-            j = _skip_closers(text, _skip_run(text, i, _CHINESE_STOP + _ENGLISH_STOP))
-            yield j
-            i = j
-            continue
-        if c in _ENGLISH_STOP:
-            j = _skip_run(text, i, _ENGLISH_STOP)  # "?!" and "..." end together
-            j = _skip_closers(text, j)
-            if _ends_english_sentence(text, i, j):
+            i += 1
+        elif c in _CHINESE_STOP and (c not in "!?;" or _after_cjk(text, i)):
+            i = _skip_closers(text, _skip_run(text, i, _CHINESE_STOP + _ENGLISH_STOP))
+            yield i
+        else:  # an ASCII . ! ? (a ; typed in English text is no stop)
+            j = _skip_closers(text, _skip_run(text, i, _ENGLISH_STOP))  # "?!" and "..." end together
+            if c != ";" and _ends_english_sentence(text, i, j):
                 yield j
-            i = j
-            continue
-        i += 1
+            i = j if c != ";" else i + 1
 
 
 def _skip_run(text: str, i: int, chars: str) -> int:
