@@ -14,5 +14,5 @@ def plugin(ctx):
         return None  # token vectors: no sentence vector to rank
     from bertserve.tasks.summarize.routes import make_router
 
-    name = ctx.config.served_model_name or encoder.name
-    return Plugin("summarize", make_router(ctx.encode_batcher, window=encoder.max_seq_len, model_name=name))
+    router = make_router(ctx.encode_batcher, window=encoder.max_seq_len, model_name=ctx.model_name or encoder.name)
+    return Plugin("summarize", router)

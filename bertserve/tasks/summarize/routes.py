@@ -64,9 +64,3 @@ def make_router(batcher, *, window: int, model_name: str) -> APIRouter:
 
     return router
 
-
-def summarize_routers(state) -> tuple:
-    """The routes, on whenever the served model gives one vector per text (not with pooling NONE)."""
-    if state.pools_per_token:
-        return ()
-    return (make_router(state.batcher, window=state.encoder.max_seq_len, model_name=state.model_name),)
