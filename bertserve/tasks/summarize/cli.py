@@ -64,6 +64,19 @@ def _worker(args):
     return Encoder(config=encoder_config_from_args(args))
 
 
+def _remote(call, *args, **options):
+    """A server's refusal as the error it stands for, so the command exits as it would in-process."""
+    from bertserve.client import BadRequest, ServerError
+    from bertserve.errors import BadInput, TooLarge, Unavailable
+
+    try:
+        return call(*args, **options)
+    except BadRequest as e:
+        raise (TooLarge if e.status == 413 else BadInput)(f"server: {e.message}") from e
+    except ServerError as e:
+        raise Unavailable(f"server: {e}") from e
+
+
 def run_summarize(args) -> int:
     text = _read(args)
     options = {k: v for k, v in (("num_sentences", args.num_sentences), ("ratio", args.ratio),
@@ -71,7 +84,7 @@ def run_summarize(args) -> int:
     options.update(method=args.method, diversity=args.diversity)
     worker = _worker(args)
     if args.server:
-        answer = worker.summarize(text, **options)
+        answer = _remote(worker.summarize, text, **options)
     else:
         from bertserve.tasks.summarize.summarize import summarize
         answer = summarize(worker, text, **options).to_dict()
@@ -88,7 +101,7 @@ def run_keywords(args) -> int:
     options = dict(top_n=args.top_n, diversity=args.diversity, max_ngram=args.max_ngram)
     worker = _worker(args)
     if args.server:
-        found = worker.keywords(text, **options)
+        found = _remote(worker.keywords, text, **options)
     else:
         from bertserve.tasks.summarize.keywords import keywords
         found = [k.to_dict() for k in keywords(worker, text, **options)]
