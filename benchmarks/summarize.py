@@ -205,6 +205,11 @@ def summary_table(docs: list[dict], encoder, scorer, chinese: bool, diversity: f
     scores: dict[str, list[tuple]] = {}
     joiner = "" if chinese else " "
     for n, doc in enumerate(docs):
+        key = _row_key("summary", encoder.name, doc, diversity)
+        if key.exists():  # this document was scored before with the same model and settings
+            for name, row in json.loads(key.read_text()).items():
+                scores.setdefault(name, []).append(tuple(row))
+            continue
         job = prepare_summary(doc["text"], encoder.max_seq_len, num_sentences=doc["k"])
         vectors = encode(encoder, job.texts)
         sentences = [s.text for s in job.document.sentences]
@@ -214,12 +219,20 @@ def summary_table(docs: list[dict], encoder, scorer, chinese: bool, diversity: f
                                   diversity=diversity)
             picks[f"bertserve {method}"] = [s.index for s in finish_summary(job, vectors).sentences]
         picks.update(sumy_summaries(sentences, doc["k"], chinese))
-        for name, chosen in picks.items():
-            text = joiner.join(sentences[i] for i in sorted(chosen))
-            scores.setdefault(name, []).append(scorer(text, doc["reference"]))
+        rows = {name: scorer(joiner.join(sentences[i] for i in sorted(chosen)), doc["reference"])
+                for name, chosen in picks.items()}
+        for name, row in rows.items():
+            scores.setdefault(name, []).append(row)
+        key.parent.mkdir(parents=True, exist_ok=True)
+        key.write_text(json.dumps(rows))
         print(f"  {n + 1}/{len(docs)} {doc['title'][:40]} ({len(sentences)} sentences, k={doc['k']})",
               file=sys.stderr, flush=True)
     return {name: [float(np.mean([s[i] for s in rows])) for i in range(3)] for name, rows in scores.items()}
+
+
+def _row_key(table: str, model: str, doc: dict, *settings) -> Path:
+    digest = hashlib.sha1(json.dumps([table, model, doc["title"], doc["text"], doc["k"], *settings]).encode())
+    return CACHE / "rows" / f"{digest.hexdigest()}.json"
 
 
 def keyword_table(docs: list[dict], encoder, top_n: int, chinese: bool) -> dict[str, float]:
@@ -227,6 +240,11 @@ def keyword_table(docs: list[dict], encoder, top_n: int, chinese: bool) -> dict[
 
     hits: dict[str, list[float]] = {}
     for doc in docs:
+        key = _row_key("keywords", encoder.name, doc, top_n)
+        if key.exists():
+            for name, hit in json.loads(key.read_text()).items():
+                hits.setdefault(name, []).append(hit)
+            continue
         reference = doc["reference"].lower()
         job = prepare_keywords(doc["text"], encoder.max_seq_len, top_n=top_n)
         # the sentences were embedded for the summaries already: only the candidates are new
@@ -237,9 +255,12 @@ def keyword_table(docs: list[dict], encoder, top_n: int, chinese: bool) -> dict[
         if not chinese:
             import yake
             ranked["YAKE"] = [k for k, _ in yake.KeywordExtractor(lan="en", n=2, top=top_n).extract_keywords(doc["text"])]
-        for name, words in ranked.items():
-            found = [w for w in words[:top_n] if _occurs(w.lower(), reference, chinese)]
-            hits.setdefault(name, []).append(len(found) / top_n)
+        rows = {name: sum(_occurs(w.lower(), reference, chinese) for w in words[:top_n]) / top_n
+                for name, words in ranked.items()}
+        for name, hit in rows.items():
+            hits.setdefault(name, []).append(hit)
+        key.parent.mkdir(parents=True, exist_ok=True)
+        key.write_text(json.dumps(rows))
     return {name: float(np.mean(v)) for name, v in hits.items()}
 
 
@@ -311,6 +332,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a few documents and rounds: proves the script works")
     ap.add_argument("--pages", type=int, default=None, help="English pages (default: all that qualify; 0: skip)")
+    ap.add_argument("--first", type=int, default=0, help="skip the English pages before this one (to share the "
+                                                        "work between processes: scores are cached per page)")
     ap.add_argument("--zh-articles", type=int, default=200, help="Chinese articles (0: skip Chinese)")
     ap.add_argument("--rounds", type=int, default=7, help="timing rounds (0: skip timing)")
     ap.add_argument("--diversity", type=float, default=0.3)
@@ -328,7 +351,7 @@ def main(argv=None):
     result: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "diversity": args.diversity}
     if args.pages != 0:
         en = CachedEncoder(Encoder(backend="torch"), "all-MiniLM-L6-v2")
-        pages = wiki_pages()[:args.pages]
+        pages = wiki_pages()[args.first:args.pages]
         print(f"English: {len(pages)} pages", file=sys.stderr)
         result["english"] = {"documents": len(pages), "data": "gensim Wikipedia sample: lead vs body",
                              "summaries": summary_table(pages, en, rouge_english(), False, args.diversity),
