@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bertserve.encode.backends.machine_load import Meter  # noqa: E402
+from bertserve.machine_load import Meter  # noqa: E402
 from bertserve.tasks.summarize.document import encode  # noqa: E402
 from bertserve.tasks.summarize.keywords import finish_keywords, prepare_keywords  # noqa: E402
 from bertserve.tasks.summarize.sentences import split_sentences  # noqa: E402
