@@ -335,6 +335,7 @@ def main(argv=None):
     ap.add_argument("--first", type=int, default=0, help="skip the English pages before this one (to share the "
                                                         "work between processes: scores are cached per page)")
     ap.add_argument("--zh-articles", type=int, default=200, help="Chinese articles (0: skip Chinese)")
+    ap.add_argument("--no-keywords", action="store_true", help="summaries only")
     ap.add_argument("--rounds", type=int, default=7, help="timing rounds (0: skip timing)")
     ap.add_argument("--diversity", type=float, default=0.3)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
@@ -355,7 +356,7 @@ def main(argv=None):
         print(f"English: {len(pages)} pages", file=sys.stderr)
         result["english"] = {"documents": len(pages), "data": "gensim Wikipedia sample: lead vs body",
                              "summaries": summary_table(pages, en, rouge_english(), False, args.diversity),
-                             "top_n": 10, "keywords": keyword_table(pages, en, 10, False)}
+                             "top_n": 10, "keywords": {} if args.no_keywords else keyword_table(pages, en, 10, False)}
     if args.zh_articles:
         from e5_model import E5_QUERY, e5_model_path
         zh = CachedEncoder(Encoder(str(e5_model_path()), backend="torch"), "multilingual-e5-small", E5_QUERY)
@@ -363,7 +364,7 @@ def main(argv=None):
         print(f"Chinese: {len(articles)} articles", file=sys.stderr)
         result["chinese"] = {"documents": len(articles), "data": "People's Daily 1998-01: headline vs article",
                              "summaries": summary_table(articles, zh, rouge_chinese(), True, args.diversity),
-                             "top_n": 5, "keywords": keyword_table(articles, zh, 5, True)}
+                             "top_n": 5, "keywords": {} if args.no_keywords else keyword_table(articles, zh, 5, True)}
     if args.rounds:
         result["timing"] = timing(args.rounds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
