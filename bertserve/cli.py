@@ -16,7 +16,11 @@ COMMAND_MODULES = [
     "bertserve.search.cli",
     "bertserve.serve.cli",
     "bertserve.distill.cli",
+<<<<<<< HEAD
     "bertserve.tasks.summarize.cli",
+=======
+    "bertserve.tasks.ner.cli",
+>>>>>>> main
 ]
 
 

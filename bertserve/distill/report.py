@@ -48,10 +48,13 @@ def weights_size_mb(path) -> float:
     return sum(p.stat().st_size for p in files) / 2**20
 
 
-def measure_speed(classifiers: dict, texts: list[str], rounds: int = 3, latency_texts: int = 30) -> dict:
-    """Throughput (texts/s over `texts`, batched) and single-text latency (ms) per classifier, in interleaved
-    rounds (bertserve.machine_load.measure_speed)."""
-    runs = _measure_speed({name: clf.classify for name, clf in classifiers.items()}, texts, rounds, latency_texts)
+def measure_speed(classifiers: dict, texts: list[str], rounds: int = 3, latency_texts: int = 30,
+                  call=lambda model, texts: model.classify(texts)) -> dict:
+    """Throughput (texts/s over `texts`, batched) and single-text latency (ms) per model, in interleaved
+    rounds (bertserve.machine_load.measure_speed); `call(model, texts)` runs one model (classifiers by
+    default; the NER report passes its taggers' call)."""
+    runs = _measure_speed({name: (lambda batch, m=clf: call(m, batch)) for name, clf in classifiers.items()},
+                          texts, rounds, latency_texts)
     out = {}
     for name, r in runs.items():
         rows = {"throughput": r["texts_per_s"], "latency_p50_ms": r["latency_p50_ms"], "other_cpu_s": r["other_cpu_s"]}
@@ -62,12 +65,12 @@ def measure_speed(classifiers: dict, texts: list[str], rounds: int = 3, latency_
     return out
 
 
-def compare(teacher: str, rows: dict) -> dict:
+def compare(teacher: str, rows: dict, quality: tuple[str, ...] = ("accuracy", "macro_f1")) -> dict:
     """Add ratios against the teacher row to every row (quality kept, speed-up, size shrink)."""
     t = rows[teacher]
     for row in rows.values():
-        row["accuracy_kept"] = row["accuracy"] / t["accuracy"] if t["accuracy"] else None
-        row["macro_f1_kept"] = row["macro_f1"] / t["macro_f1"] if t["macro_f1"] else None
+        for key in quality:
+            row[f"{key}_kept"] = row[key] / t[key] if t[key] else None
         if "throughput_median" in row and "throughput_median" in t:
             row["speedup"] = row["throughput_median"] / t["throughput_median"]
             row["latency_ratio"] = t["latency_p50_ms_median"] / row["latency_p50_ms_median"]
@@ -94,8 +97,8 @@ def markdown_table(rows: dict) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def plot_history(histories: dict, path) -> None:
-    """Train loss and dev accuracy per epoch, one line per model."""
+def plot_history(histories: dict, path, metric: str = "accuracy") -> None:
+    """Train loss and the dev metric (history key dev_<metric>) per epoch, one line per model."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -107,9 +110,9 @@ def plot_history(histories: dict, path) -> None:
             continue
         epochs = [h["epoch"] for h in hist]
         ax_loss.plot(epochs, [h["train_loss"] for h in hist], marker="o", label=name)
-        ax_dev.plot(epochs, [h["dev_accuracy"] for h in hist], marker="o", label=name)
+        ax_dev.plot(epochs, [h.get(f"dev_{metric}") for h in hist], marker="o", label=name)
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="loss")
-    ax_dev.set(xlabel="epoch", ylabel="dev accuracy", title="dev metric")
+    ax_dev.set(xlabel="epoch", ylabel=f"dev {metric.replace('_', ' ')}", title="dev metric")
     for ax in (ax_loss, ax_dev):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -118,22 +121,27 @@ def plot_history(histories: dict, path) -> None:
     plt.close(fig)
 
 
-def write_report(out_dir, teacher: str, rows: dict, histories: dict, settings: dict) -> dict:
-    """report.json, report.md and training_curves.png in out_dir; returns the report dict."""
+def write_report(out_dir, teacher: str, rows: dict, histories: dict, settings: dict, *, table=markdown_table,
+                 quality: tuple[str, ...] = ("accuracy", "macro_f1"), curve_metric: str = "accuracy",
+                 unit: str = "texts") -> dict:
+    """report.json, report.md and training_curves.png in out_dir; returns the report dict.
+
+    `table(rows)`, `quality` (the row keys compared with the teacher) and `curve_metric` let another task
+    (NER: entity F1, characters/s) write the same report."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = compare(teacher, rows)
+    rows = compare(teacher, rows, quality)
     report = {"version": REPORT_VERSION, "teacher": teacher, "models": rows, "histories": histories,
               "settings": settings, "created": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
     speed = settings.get("speed", {})
     md = [f"# Distillation report ({report['created']})", "",
-          f"Teacher: `{teacher}`. Test set: {settings.get('test_source', '?')} ({settings.get('test_size', '?')} texts).",
+          f"Teacher: `{teacher}`. Test set: {settings.get('test_source', '?')} ({settings.get('test_size', '?')} {unit}).",
           f"Speed: backend {speed.get('backend', 'torch fp32')}, {speed.get('threads', '?')} threads, "
           f"{speed.get('rounds', '?')} interleaved rounds over the test texts, batch {speed.get('batch_size', '?')}; "
-          "latency is the median of one-text calls.", "", markdown_table(rows)]
+          "latency is the median of one-text calls.", "", table(rows)]
     if any(histories.values()):
-        plot_history(histories, out / "training_curves.png")
+        plot_history(histories, out / "training_curves.png", curve_metric)
         md += ["", "![training curves](training_curves.png)"]
     (out / "report.md").write_text("\n".join(md) + "\n")
     return report

@@ -18,6 +18,9 @@ from bertserve.errors import BadInput
 from .report import classification_metrics
 
 
+DEV_METRICS = ("accuracy", "macro_f1", "f1")  # f1: entity-level micro F1 (NER)
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 3
@@ -27,7 +30,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     max_seq_len: int = 128
     patience: int = 2            # stop after this many epochs without a better dev metric (0 = never)
-    metric: str = "accuracy"     # or "macro_f1": what early stopping and model selection look at
+    metric: str = "accuracy"     # or "macro_f1" ("f1" for NER): what early stopping and model selection look at
     seed: int = 0
     threads: int | None = None
     progress: bool = True
@@ -41,8 +44,8 @@ class TrainConfig:
             raise BadInput(f"warmup is a fraction of the training steps in [0, 1), got {self.warmup}")
         if not self.lr > 0:
             raise BadInput(f"learning rate must be > 0, got {self.lr}")
-        if self.metric not in ("accuracy", "macro_f1"):
-            raise BadInput(f"metric must be 'accuracy' or 'macro_f1', got {self.metric!r}")
+        if self.metric not in DEV_METRICS:
+            raise BadInput(f"metric must be one of {DEV_METRICS}, got {self.metric!r}")
 
 
 @dataclass
@@ -124,11 +127,14 @@ def seed_everything(seed: int, threads: int | None = None) -> None:
 
 
 def fit(model: nn.Module, extra_modules: list[nn.Module], step_loss, n_examples: int, dev: Tokenized,
-        pad_id: int, label_names: list[str], config: TrainConfig, desc: str = "train") -> list[dict]:
+        pad_id: int, label_names: list[str], config: TrainConfig, desc: str = "train",
+        evaluate_dev=None) -> list[dict]:
     """Train `model` (plus `extra_modules`, e.g. loss projections) for up to config.epochs.
 
-    step_loss(indices, global_step, total_steps) -> scalar loss for the examples at `indices`. The best dev
-    state is restored at the end; returns one history row per epoch."""
+    step_loss(indices, global_step, total_steps) -> scalar loss for the examples at `indices`.
+    evaluate_dev(model) -> dev metrics (default: classification metrics on `dev`); every float in it goes into
+    the history as dev_<name>, and config.metric picks the best epoch. The best dev state is restored at the
+    end; returns one history row per epoch."""
     from tqdm.auto import tqdm
 
     if config.freeze_embeddings and hasattr(model, "get_input_embeddings"):
@@ -157,13 +163,15 @@ def fit(model: nn.Module, extra_modules: list[nn.Module], step_loss, n_examples:
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         bar.close()
-        metrics = evaluate(model, dev, pad_id, label_names)
-        row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "dev_accuracy": metrics["accuracy"],
-               "dev_macro_f1": metrics["macro_f1"]}
+        metrics = evaluate_dev(model) if evaluate_dev else evaluate(model, dev, pad_id, label_names)
+        if config.metric not in metrics:
+            raise BadInput(f"dev metric {config.metric!r} is not computed for this task (have {sorted(metrics)})")
+        row = {"epoch": epoch, "train_loss": float(np.mean(losses)),
+               **{f"dev_{k}": float(v) for k, v in metrics.items() if isinstance(v, (float, int))}}
         history.append(row)
         if config.progress:
-            print(f"{desc} epoch {epoch}: loss {row['train_loss']:.4f}  dev accuracy {row['dev_accuracy']:.4f}  "
-                  f"macro-F1 {row['dev_macro_f1']:.4f}", flush=True)
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("dev_"))
+            print(f"{desc} epoch {epoch}: loss {row['train_loss']:.4f}  {shown}", flush=True)
         score = metrics[config.metric]
         if score > best:
             best, best_state, stale = score, copy.deepcopy(model.state_dict()), 0

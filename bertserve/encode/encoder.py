@@ -50,6 +50,16 @@ class Encoder(Engine):
 
     kind = "encode"
 
+    def __new__(cls, model=None, *, config: EncoderConfig | None = None, checkpoint: Checkpoint | None = None,
+                **options):
+        # A static token-table folder gets the StaticEncoder subclass (numpy gather + mean, no torch forward).
+        from bertserve.models.static_table import is_static_folder
+        if cls is Encoder and checkpoint is None and is_static_folder(model if model is not None
+                                                                      else getattr(config, "model", None)):
+            from bertserve.encode.static import StaticEncoder
+            cls = StaticEncoder
+        return super().__new__(cls)
+
     def __init__(self, model=None, *, config: EncoderConfig | None = None, checkpoint: Checkpoint | None = None,
                  **options):
         if config is not None and options:

@@ -98,6 +98,10 @@ def load_checkpoint(model: str | Path | None = None) -> Checkpoint:
         raise CheckpointError(f"model folder not found: {path}")
     if not path.is_dir():
         raise CheckpointError(f"model must be a folder (config.json, weights, tokenizer), got a file: {path}")
+    from bertserve.models.static_table import is_static_folder
+    if is_static_folder(path):
+        raise CheckpointError(f"{path} is a static token-table model, not a transformer: load it with "
+                              "Encoder(model=...) (bertserve.encode.static)")
     if (path / "modules.json").is_file():
         return _load_sentence_transformers(path)
     if _is_tf_checkpoint(path):

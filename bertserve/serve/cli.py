@@ -26,6 +26,7 @@ def add_parser(subparsers) -> None:
     g.add_argument("--data-dir", help="folder of search collections, served under /collections")
     g.add_argument("--classifier", help="classifier folder (teacher or student from `bertserve distill`), "
                                         "served under POST /classify")
+    g.add_argument("--ner", help="NER tagger folder (`bertserve finetune/distill --task ner`), served under POST /ner")
     g = p.add_argument_group("batching and limits")
     g.add_argument("--num-worker", type=int, help="encoder worker threads (default 1)")
     g.add_argument("--max-batch-tokens", type=int, help="token budget of one batch (default 4096)")

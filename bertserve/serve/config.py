@@ -40,6 +40,7 @@ class ServerConfig:
     served_model_name: str | None = None
     data_dir: str | None = None   # folder of search collections, served under /collections
     classifier: str | None = None  # classifier folder (bertserve finetune/distill output), served under /classify
+    ner: str | None = None         # tagger folder (bertserve finetune/distill --task ner), served under /ner
     # batching and limits
     num_worker: int = 1
     max_batch_tokens: int = 4096

@@ -246,8 +246,7 @@ function firstList(body) {
 async function runNer() {
   const text = $("ner-text").value;
   const body = await api("/ner", { texts: [text] });
-  let entities = firstList(body);
-  if (entities.length && Array.isArray(entities[0])) entities = entities[0];
+  const entities = (body.results || [[]])[0];
   const out = $("ner-result");
   if (!entities.length) return out.replaceChildren(el("p", {}, t("no_entities")));
   out.replaceChildren(highlight(text, entities, (s, span) => el("span", {
