@@ -17,11 +17,8 @@ from typing import Any, Callable
 PLUGIN_MODULES: tuple[str, ...] = (
     "bertserve.search.plugin",          # /collections (with --data-dir)
     "bertserve.distill.classify_plugin",  # /classify (with --classifier)
-<<<<<<< HEAD
-    "bertserve.tasks.summarize.plugin",   # /summarize, /keywords (whenever the model gives sentence vectors)
-=======
     "bertserve.tasks.ner.routes",         # /ner (with --ner)
->>>>>>> main
+    "bertserve.tasks.summarize.plugin",   # /summarize, /keywords (whenever the model gives sentence vectors)
 )
 
 
