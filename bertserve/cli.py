@@ -16,11 +16,8 @@ COMMAND_MODULES = [
     "bertserve.search.cli",
     "bertserve.serve.cli",
     "bertserve.distill.cli",
-<<<<<<< HEAD
-    "bertserve.tasks.summarize.cli",
-=======
     "bertserve.tasks.ner.cli",
->>>>>>> main
+    "bertserve.tasks.summarize.cli",
 ]
 
 

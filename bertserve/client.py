@@ -134,7 +134,14 @@ class Client(_Base):
                 bar.close()
         return _concat(parts)
 
-<<<<<<< HEAD
+    def ner(self, texts) -> list[list[dict]]:
+        """Named entities per text (`serve --ner DIR`): {"text", "label", "start", "end", "score"} with
+        character offsets into the text as sent."""
+        out = []
+        for chunk in self._chunks(texts, False):
+            out += self._request("POST", "/ner", {"texts": chunk})["results"]
+        return out
+
     def summarize(self, text: str, **options) -> dict:
         """POST /summarize: {"summary", "sentences": [{index, text, start, end, score}], ...}; options as
         the route's (num_sentences, ratio, max_chars, method, diversity)."""
@@ -143,15 +150,6 @@ class Client(_Base):
     def keywords(self, text: str, **options) -> list[dict]:
         """POST /keywords: [{text, score, count}], best first; options top_n, diversity, max_ngram."""
         return self._request("POST", "/keywords", {"text": text, **options})["keywords"]
-=======
-    def ner(self, texts) -> list[list[dict]]:
-        """Named entities per text (`serve --ner DIR`): {"text", "label", "start", "end", "score"} with
-        character offsets into the text as sent."""
-        out = []
-        for chunk in self._chunks(texts, False):
-            out += self._request("POST", "/ner", {"texts": chunk})["results"]
-        return out
->>>>>>> main
 
     def status(self) -> dict:
         return self._request("GET", "/status")
