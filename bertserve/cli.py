@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "bertserve.distill.cli",
     "bertserve.tasks.ner.cli",
     "bertserve.tasks.generate.cli",
+    "bertserve.tasks.summarize.cli",
 ]
 
 

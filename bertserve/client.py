@@ -142,6 +142,15 @@ class Client(_Base):
             out += self._request("POST", "/ner", {"texts": chunk})["results"]
         return out
 
+    def summarize(self, text: str, **options) -> dict:
+        """POST /summarize: {"summary", "sentences": [{index, text, start, end, score}], ...}; options as
+        the route's (num_sentences, ratio, max_chars, method, diversity)."""
+        return self._request("POST", "/summarize", {"text": text, **options})
+
+    def keywords(self, text: str, **options) -> list[dict]:
+        """POST /keywords: [{text, score, count}], best first; options top_n, diversity, max_ngram."""
+        return self._request("POST", "/keywords", {"text": text, **options})["keywords"]
+
     def status(self) -> dict:
         return self._request("GET", "/status")
 
@@ -196,6 +205,12 @@ class AsyncClient(_Base):
             if bar is not None:
                 bar.close()
         return _concat(list(parts))
+
+    async def summarize(self, text: str, **options) -> dict:
+        return await self._request("POST", "/summarize", {"text": text, **options})
+
+    async def keywords(self, text: str, **options) -> list[dict]:
+        return (await self._request("POST", "/keywords", {"text": text, **options}))["keywords"]
 
     async def status(self) -> dict:
         return await self._request("GET", "/status")

@@ -19,6 +19,7 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "bertserve.distill.classify_plugin",  # /classify (with --classifier)
     "bertserve.tasks.ner.routes",         # /ner (with --ner)
     "bertserve.tasks.generate.plugin",  # /v1/completions, /v1/chat/completions (with --generator)
+    "bertserve.tasks.summarize.plugin",   # /summarize, /keywords (whenever the model gives sentence vectors)
 )
 
 
@@ -43,6 +44,7 @@ class ServeContext:
     encoder: Any                # the main encode engine
     encode_batcher: Any         # its Batcher: for plug-ins that need vectors (search, summaries)
     batchers: list = field(default_factory=list)
+    model_name: str = ""        # the served model's name as clients see it (ServerState.model_name)
 
     def batcher(self, engine, **overrides):
         """A Batcher for `engine` with the server's limits and metrics."""

@@ -45,7 +45,7 @@ def build_state(config: ServerConfig, encoder=None) -> ServerState:
     state = ServerState(config, encoder, batcher, metrics)
     state.extra_models = _extra_models(config, metrics, taken={state.model_name})
     state.zmq_model  # an unknown --zmq-model fails the start, not the first request
-    ctx = ServeContext(config, metrics, encoder, batcher)
+    ctx = ServeContext(config, metrics, encoder, batcher, model_name=state.model_name)
     state.plugins = load_plugins(ctx)
     state.batchers = [batcher, *(m.batcher for m in state.extra_models.values()), *ctx.batchers]
     metrics.queue_depth = lambda: sum(b.queued_texts for b in state.batchers)
