@@ -229,9 +229,9 @@ class BM25Index:
         self._scorer = None
 
     def remove(self, iids: np.ndarray) -> None:
-        if len(iids) == 0:
-            return
         self._merge()
+        if len(iids) == 0 or len(self.doc_iids) == 0:
+            return
         pos = np.searchsorted(self.doc_iids, iids)
         ok = (pos < len(self.doc_iids)) & (self.doc_iids[np.minimum(pos, len(self.doc_iids) - 1)] == iids)
         if ok.any():

@@ -69,7 +69,8 @@ def run_index(args) -> int:
         exists = (path / "collection.json").exists()
         encoder = _encoder(args, required=not exists)
         col = (Collection.open(path, encoder=encoder) if exists else
-               Collection.create(path, encoder=encoder, index=args.index, metric=args.metric))
+               Collection.create(path, encoder=encoder, index=args.index, metric=args.metric,
+                                 bm25=False if args.analyzer == "none" else args.analyzer))
     total = sum(1 for _ in open(args.file, encoding="utf-8")) - (1 if args.file.endswith(".csv") else 0)
     added = skipped = 0
     with col, tqdm(total=total, unit="rec", disable=args.quiet, file=sys.stderr) as bar:
@@ -109,8 +110,13 @@ def run_search(args) -> int:
     else:
         col = Collection.open(args.collection, encoder=encoder)
     with col:
-        for hit in col.search(args.query, k=args.k, filter=filt, params=params):
-            print(json.dumps(hit._asdict(), ensure_ascii=False))
+        modes = {} if args.mode == "dense" else {"mode": args.mode, "fusion": args.fusion, "rrf_k": args.rrf_k,
+                                                 "weights": _json_arg(args.weights, "--weights")}
+        for hit in col.search(args.query, k=args.k, filter=filt, params=params, **modes):
+            row = hit._asdict()
+            if row["scores"] is None:
+                del row["scores"]
+            print(json.dumps(row, ensure_ascii=False))
     return 0
 
 
@@ -162,6 +168,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--index", default="auto", help="Faiss factory string or 'auto' (new collections); "
                    "with --milvus a Milvus index type (auto: FLAT)")
     p.add_argument("--metric", choices=("cosine", "ip", "l2"), default="cosine")
+    p.add_argument("--analyzer", default="standard",
+                   help="BM25 analyzer of a new collection: standard, english, chinese, chinese-jieba, or none")
     p.add_argument("--batch", type=int, default=INDEX_BATCH, help="records per durable add")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--milvus", metavar="URI", help=MILVUS_HELP)
@@ -174,6 +182,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--filter", help='metadata filter as JSON, e.g. \'{"year": {"$gte": 2018}}\'')
     p.add_argument("--params", help='search parameters as JSON, e.g. \'{"nprobe": 16}\'')
+    p.add_argument("--mode", choices=("dense", "bm25", "hybrid"), default="dense",
+                   help="vectors, keywords (BM25) or both fused")
+    p.add_argument("--fusion", choices=("rrf", "weighted"), default="rrf", help="how hybrid fuses the two")
+    p.add_argument("--rrf-k", type=float, default=60, help="the k of reciprocal rank fusion")
+    p.add_argument("--weights", help='hybrid weights as JSON, e.g. \'{"dense": 0.7, "bm25": 0.3}\'')
     p.add_argument("--milvus", metavar="URI", help=MILVUS_HELP)
     add_encoder_arguments(p)
     p.set_defaults(func=run_search)
