@@ -390,3 +390,35 @@ def test_sigkill_keeps_acknowledged_adds_findable_by_bm25(tmp_path):
                 hits = col.search(f"item{b}x{i}", k=1, mode="bm25", include_text=False)
                 assert [h.id for h in hits] == [f"b{b}-{i}"], (b, i)
             assert len(col.search(f"batch{b}", k=1000, mode="bm25")) == 500
+
+
+@pytest.mark.timeout(180)
+def test_milvus_bm25_and_hybrid(tmp_path, sentences):
+    pytest.importorskip("pymilvus")
+    pytest.importorskip("milvus_lite")
+    from bertserve.search.milvus import MilvusCollection
+
+    uri = str(tmp_path / "m.db")
+    texts = sentences[:200]
+    with MilvusCollection.create(uri, "news", encoder=hashed_embed, bm25="english") as col:
+        col.add(texts=texts, ids=[f"s{i}" for i in range(200)], metadata=years(200))
+        for i in (3, 50, 120):
+            hits = col.search(texts[i], k=5, mode="bm25")
+            assert hits[0].id == f"s{i}" and hits[0].score > 0 and hits[0].scores["bm25_rank"] == 1
+            assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+        hits = col.search(texts[7], k=6, mode="hybrid", filter={"year": {"$gte": 1995}})
+        assert len(hits) == 6 and all(h.metadata["year"] >= 1995 for h in hits)
+        assert set(hits[0].scores) == {"dense", "bm25", "dense_rank", "bm25_rank"}
+        # the fusion is Collection's: reciprocal ranks of the two modes' own answers
+        dense = {h.id: r for r, h in enumerate(col.search(texts[7], k=100), start=1)}
+        keyword = {h.id: r for r, h in enumerate(col.search(texts[7], k=100, mode="bm25"), start=1)}
+        want = {i: 1 / (60 + dense[i]) if i in dense else 0 for i in set(dense) | set(keyword)}
+        for i, r in keyword.items():
+            want[i] += 1 / (60 + r)
+        got = col.search(texts[7], k=10, mode="hybrid")
+        np.testing.assert_allclose([h.score for h in got], sorted(want.values(), reverse=True)[:10], rtol=1e-9)
+        assert col.stats()["bm25"]["analyzer"]["tokenizer"] == "standard"
+    with MilvusCollection.create(uri, "plain", dim=4, bm25=False) as col:
+        col.add(texts=["a cricket match"], vectors=np.ones((1, 4)))
+        with pytest.raises(Conflict, match="without BM25"):
+            col.search("cricket", mode="bm25")
