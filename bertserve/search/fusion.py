@@ -60,43 +60,41 @@ def check_search_mode(mode, fusion, rrf_k, weights) -> dict[str, float]:
     return out
 
 
-def rrf(lists: dict[str, Ranked], weights: dict[str, float], rrf_k: float = RRF_K) -> dict[int, float]:
-    fused: dict[int, float] = {}
-    for part, ranked in lists.items():
-        w = weights[part]
-        for rank, iid in enumerate(ranked.iids.tolist(), start=1):
-            fused[iid] = fused.get(iid, 0.0) + w / (rrf_k + rank)
-    return fused
-
-
-def weighted(lists: dict[str, Ranked], weights: dict[str, float]) -> dict[int, float]:
-    fused: dict[int, float] = {}
-    for part, ranked in lists.items():
-        if len(ranked.iids) == 0:
-            continue
-        s = ranked.scores.astype(np.float64)
-        if not ranked.higher_is_better:
-            s = -s
-        lo, hi = s.min(), s.max()
-        norm = (s - lo) / (hi - lo) if hi > lo else np.ones_like(s)
-        for iid, v in zip(ranked.iids.tolist(), norm.tolist()):
-            fused[iid] = fused.get(iid, 0.0) + weights[part] * v
-    return fused
-
-
 def fuse(lists: dict[str, Ranked], k: int, fusion: str, weights: dict[str, float], rrf_k: float = RRF_K) -> Fused:
-    """Top k of the fused lists; ties go to the item ranked better in the dense list, then by id."""
-    fused = rrf(lists, weights, rrf_k) if fusion == "rrf" else weighted(lists, weights)
-    where = {part: {iid: (pos, float(s)) for pos, (iid, s) in enumerate(zip(r.iids.tolist(), r.scores.tolist()))}
-             for part, r in lists.items()}
-    first = where.get("dense", {})
-    order = sorted(fused, key=lambda i: (-fused[i], first.get(i, (len(first),))[0], i))[:k]
+    """Top k of the fused lists; ties go to the item ranked better in the dense list, then by id.
+
+    `rrf`: sum of weight / (rrf_k + rank); `weighted`: sum of weight * min-max normalized score."""
+    names = [p for p in PARTS if p in lists]
+    every = np.concatenate([np.asarray(lists[p].iids, np.int64) for p in names])
+    ids, where = np.unique(every, return_inverse=True)
+    fused = np.zeros(len(ids))
+    score = {p: np.full(len(ids), np.nan) for p in names}
+    rank = {p: np.zeros(len(ids), np.int64) for p in names}
+    start = 0
+    for p in names:
+        r = lists[p]
+        n = len(r.iids)
+        at = where[start:start + n]  # an id appears at most once per list: plain fancy indexing adds
+        start += n
+        if n == 0:
+            continue
+        ranks = np.arange(1, n + 1)
+        if fusion == "rrf":
+            fused[at] += weights[p] / (rrf_k + ranks)
+        else:
+            s = np.asarray(r.scores, np.float64) * (1 if r.higher_is_better else -1)
+            lo, hi = s.min(), s.max()
+            fused[at] += weights[p] * ((s - lo) / (hi - lo) if hi > lo else np.ones(n))
+        score[p][at] = r.scores
+        rank[p][at] = ranks
+    dense_rank = np.where(rank["dense"] > 0, rank["dense"], len(ids) + 1) if "dense" in rank else np.zeros(len(ids))
+    order = np.lexsort((ids, dense_rank, -fused))[:k]
     parts = []
-    for iid in order:
+    for i in order.tolist():
         row = {}
-        for part in PARTS:
-            pos = where.get(part, {}).get(iid)
-            row[part] = pos[1] if pos else None
-            row[f"{part}_rank"] = pos[0] + 1 if pos else None
+        for p in PARTS:
+            found = p in rank and rank[p][i] > 0
+            row[p] = float(score[p][i]) if found else None
+            row[f"{p}_rank"] = int(rank[p][i]) if found else None
         parts.append(row)
-    return Fused(np.array(order, np.int64), np.array([fused[i] for i in order], np.float64), parts)
+    return Fused(ids[order], fused[order], parts)
