@@ -5,28 +5,23 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
-from pathlib import Path
 
 import bm25s
 import numpy as np
 import pytest
 import Stemmer
+from conftest import package_file
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from test_search_crash import kill_writer_after
+from test_search_http import lee_sentences
 
 from bertserve.errors import BadInput, Conflict
 from bertserve.search import Collection
 from bertserve.search.bm25 import PRESETS, Analyzer, BM25Config, BM25Index
 from bertserve.search.fusion import Ranked, fuse
 from bertserve.search.routes import make_router
-from conftest import package_file
-from test_search_http import lee_sentences
 
 QUERIES = ["australian cricket test match", "bushfires burning near sydney", "israeli palestinian talks",
            "the united nations security council", "qantas airline workers strike", "afghanistan taliban"]
@@ -364,24 +359,8 @@ WRITER = textwrap.dedent("""
 @pytest.mark.timeout(120)
 def test_sigkill_keeps_acknowledged_adds_findable_by_bm25(tmp_path):
     path = tmp_path / "c"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True, env=env)
-    acked = []
-    try:
-        deadline = time.time() + 90
-        while len(acked) < 7 and time.time() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            acked.append(int(line.split()[1]))
-        time.sleep(0.03 * (len(acked) % 3))
-        proc.send_signal(signal.SIGKILL)
-        acked += [int(line.split()[1]) for line in proc.stdout.read().splitlines() if line.startswith("ACK")]
-    finally:
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()
-    assert proc.returncode == -signal.SIGKILL and len(acked) >= 7
+    acked = kill_writer_after(WRITER, [str(path)], acks=7)
+    assert len(acked) >= 7, "writer did not get going"
     with Collection.open(path) as col:
         n = len(col)
         assert n >= len(acked) * 500 and col.stats()["bm25"]["documents"] == n

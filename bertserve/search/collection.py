@@ -25,7 +25,7 @@ from typing import NamedTuple
 import faiss
 import numpy as np
 
-from bertserve.errors import BadInput, Conflict
+from bertserve.errors import Conflict
 from bertserve.search import fusion as fusions
 from bertserve.search import spec as specs
 from bertserve.search.bm25 import BM25Config, BM25Index, write_snapshot
@@ -350,17 +350,11 @@ class Collection(VectorInput):
                          rrf_k, weights, window):
         """search() in mode "bm25" or "hybrid": needs text queries."""
         check_k(k)
-        single = isinstance(query, str)
-        texts = [query] if single else query
-        if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(q, str) for q in texts):
-            raise BadInput(f"mode {mode!r} needs a text query or a list of texts, not vectors")
+        single, texts = fusions.text_queries(query, mode)
         if self.bm25 is None:
             raise Conflict(f"collection {self.path.name} was created without a BM25 index (bm25=False); "
                            "only mode 'dense' is available")
-        if window is None:
-            window = max(int(k), fusions.WINDOW)
-        elif isinstance(window, bool) or not isinstance(window, int) or window < k:
-            raise BadInput(f"window must be an integer >= k ({k}), got {window!r}")
+        window = fusions.check_window(window, k)
         where = compile_filter(filter) if filter is not None else None
         dense = None
         if mode == "hybrid":

@@ -60,6 +60,23 @@ def check_search_mode(mode, fusion, rrf_k, weights) -> dict[str, float]:
     return out
 
 
+def text_queries(query, mode: str) -> tuple[bool, list[str]]:
+    """(single, texts) of a bm25/hybrid search, which needs text: one string or a list of them."""
+    single = isinstance(query, str)
+    texts = [query] if single else query
+    if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(q, str) for q in texts):
+        raise BadInput(f"mode {mode!r} needs a text query or a list of texts, not vectors")
+    return single, list(texts)
+
+
+def check_window(window, k: int) -> int:
+    if window is None:
+        return max(int(k), WINDOW)
+    if isinstance(window, bool) or not isinstance(window, int) or window < k:
+        raise BadInput(f"window must be an integer >= k ({k}), got {window!r}")
+    return window
+
+
 def fuse(lists: dict[str, Ranked], k: int, fusion: str, weights: dict[str, float], rrf_k: float = RRF_K) -> Fused:
     """Top k of the fused lists; ties go to the item ranked better in the dense list, then by id.
 

@@ -221,17 +221,11 @@ class MilvusCollection(VectorInput):
     def _search_keywords(self, query, k, filter, params, include_text, include_metadata, mode, fusion,
                          rrf_k, weights, window):
         check_k(k)
-        single = isinstance(query, str)
-        texts = [query] if single else query
-        if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(q, str) for q in texts):
-            raise BadInput(f"mode {mode!r} needs a text query or a list of texts, not vectors")
+        single, texts = fusions.text_queries(query, mode)
         if not self.bm25:
             raise Conflict(f"Milvus collection {self.name!r} was created without BM25 full-text search "
                            "(bm25=False, or by a bertserve without it); only mode 'dense' is available")
-        if window is None:
-            window = max(int(k), fusions.WINDOW)
-        elif isinstance(window, bool) or not isinstance(window, int) or window < k:
-            raise BadInput(f"window must be an integer >= k ({k}), got {window!r}")
+        window = fusions.check_window(window, k)
         expr = compile_milvus(filter) if filter is not None else ""
         fields = [f for f, on in (("text", include_text), ("metadata", include_metadata)) if on]
         depth = window if mode == "hybrid" else int(k)
