@@ -63,7 +63,7 @@ def run_index(args) -> int:
         index = "FLAT" if args.index == "auto" else args.index
         col = (MilvusCollection.open(args.milvus, args.collection, encoder=encoder) if exists else
                MilvusCollection.create(args.milvus, args.collection, encoder=encoder, index=index,
-                                       metric=args.metric))
+                                       metric=args.metric, bm25=False if args.analyzer == "none" else args.analyzer))
     else:
         path = Path(args.collection)
         exists = (path / "collection.json").exists()
