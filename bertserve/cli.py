@@ -6,6 +6,8 @@ import importlib
 import logging
 import sys
 
+from bertserve.errors import BertserveError, describe
+
 # Modules exposing add_parser(subparsers); one line per concept.
 COMMAND_MODULES = [
     "bertserve.encode.cli",
@@ -28,12 +30,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from bertserve.models import CheckpointError
     try:
         return int(args.func(args) or 0)
-    except (CheckpointError, ValueError, TypeError, FileNotFoundError) as e:
+    except BertserveError as e:
+        report = describe(e)
+        if report.internal:
+            raise
+        print(f"bertserve {args.command}: error: {report.message}", file=sys.stderr)
+        return report.exit_code
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+        # a path the user typed: say which, no traceback
         print(f"bertserve {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import time
 import httpx
 import numpy as np
 
+from bertserve.errors import BadInput, BadInputType
+
 RETRY_STATUS = (429, 503)
 RETRY_ERRORS = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError,
                 httpx.PoolTimeout)
@@ -34,7 +36,7 @@ class _Base:
     def __init__(self, url: str = "http://127.0.0.1:8000", *, api_key: str | None = None, timeout: float = 60.0,
                  retries: int = 3, backoff: float = 0.25, chunk_size: int = 256):
         if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+            raise BadInput(f"chunk_size must be >= 1, got {chunk_size}")
         self.url = url.rstrip("/")
         self.retries, self.backoff, self.chunk_size = retries, backoff, chunk_size
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -42,10 +44,10 @@ class _Base:
 
     def _chunks(self, texts, is_tokenized):
         if isinstance(texts, (str, bytes)) or not isinstance(texts, (list, tuple)):
-            raise TypeError(f"texts must be a list of {'token lists' if is_tokenized else 'strings'}, "
+            raise BadInputType(f"texts must be a list of {'token lists' if is_tokenized else 'strings'}, "
                             f"got {type(texts).__name__}")
         if not texts:
-            raise ValueError("texts is empty")
+            raise BadInput("texts is empty")
         texts = [list(t) for t in texts] if is_tokenized else list(texts)
         return [texts[i:i + self.chunk_size] for i in range(0, len(texts), self.chunk_size)]
 

@@ -6,7 +6,7 @@ count as the caller's fault: any other exception that reaches a front-end is a b
 internal error (HTTP 500, with a request id and a logged traceback), never as a 4xx.
 
 The classes also derive from the built-in exception a Python user would expect (ValueError for bad input,
-TypeError for a wrong type, LookupError for something missing, RuntimeError for state conflicts), so code
+TypeError for a wrong type, KeyError (a LookupError) for something missing, RuntimeError for state conflicts), so code
 written against the plain built-ins keeps working.
 """
 from __future__ import annotations
@@ -51,12 +51,16 @@ class Unauthorized(BadInput):
     type = "authentication_error"
 
 
-class NotFound(BertserveError, LookupError):
+class NotFound(BertserveError, KeyError):
     """A named thing (collection, id, model, file) does not exist (HTTP 404)."""
 
     status = 404
     type = "not_found"
     exit_code = 2
+
+
+class MissingFile(NotFound, FileNotFoundError):
+    """A file or folder the caller named does not exist."""
 
 
 class Conflict(BertserveError, RuntimeError):
@@ -65,6 +69,10 @@ class Conflict(BertserveError, RuntimeError):
     status = 409
     type = "conflict"
     exit_code = 2
+
+
+class AlreadyExists(Conflict, FileExistsError):
+    """Something the caller wants to create is already there."""
 
 
 class Overloaded(BertserveError, RuntimeError):

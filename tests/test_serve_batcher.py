@@ -8,6 +8,7 @@ import pytest
 
 from bertserve import Encoder
 from bertserve.engine.batcher import Batcher, QueueFull, RequestTooLarge, ServerClosing
+from bertserve.engine.contract import Engine
 from bertserve.engine.metrics import Metrics
 from serve_corpus import lee_sentences
 
@@ -62,16 +63,19 @@ def test_concurrent_requests_get_their_own_rows_in_order(default_encoder, corpus
 def test_huge_request_is_split_within_the_budget(default_encoder, corpus, reference):
     seen = []
 
-    class Recording:
+    class Recording(Engine):
         """The real encoder, recording the token count of each batch it is given."""
-        tokenizer = default_encoder.tokenizer
+        kind = "encode"
 
-        def tokenize(self, texts, is_tokenized=False):
-            return default_encoder.tokenize(texts, is_tokenized=is_tokenized)
+        def prepare(self, inputs, **options):
+            return default_encoder.prepare(inputs, **options)
 
-        def embed(self, items):
+        def run(self, items):
             seen.append(sum(it.num_tokens for it in items))
-            return default_encoder.embed(items)
+            return default_encoder.run(items)
+
+        def finish(self, prepared, rows):
+            return default_encoder.finish(prepared, rows)
 
     budget = 256
     batcher, _ = make_batcher(Recording(), max_batch_tokens=budget)
@@ -84,14 +88,39 @@ def test_huge_request_is_split_within_the_budget(default_encoder, corpus, refere
 
 
 def test_small_request_overtakes_a_huge_one(default_encoder, corpus):
-    batcher, _ = make_batcher(default_encoder, max_batch_tokens=128)
+    # The small request is sent once the huge one's first batch is running, and that batch is held until the
+    # small request is queued beside the rest of the huge one: what is tested is only the batch choice
+    # (fewest tokens left first), not which thread happens to run first.
+    small_texts = ["a short one"]
+    first_batch_running = threading.Event()
+    holder = {}
+
+    class HoldFirstBatch(Engine):
+        kind = "encode"
+
+        def prepare(self, inputs, **options):
+            return default_encoder.prepare(inputs, **options)
+
+        def run(self, items):
+            if not first_batch_running.is_set():
+                first_batch_running.set()
+                b = holder["batcher"]
+                with b._cond:
+                    assert b._cond.wait_for(lambda: any(j.inputs is small_texts for j in b._jobs), timeout=120)
+            return default_encoder.run(items)
+
+        def finish(self, prepared, rows):
+            return default_encoder.finish(prepared, rows)
+
+    batcher, _ = make_batcher(HoldFirstBatch(), max_batch_tokens=128)
+    holder["batcher"] = batcher
     order = []
     huge = batcher.submit(corpus)  # 150 texts, about 30 batches
-    small = batcher.submit(["a short one"])
     huge.add_done_callback(lambda f: order.append("huge"))
+    assert first_batch_running.wait(120)
+    small = batcher.submit(small_texts)
     small.add_done_callback(lambda f: order.append("small"))
     small.result(120)
-    assert not huge.done()
     huge.result(300)
     batcher.close()
     assert order == ["small", "huge"]

@@ -2,6 +2,7 @@
 requests in flight (every accepted request answered, sockets closed, exit code 0)."""
 from __future__ import annotations
 
+import copy
 import threading
 import time
 import warnings
@@ -13,52 +14,92 @@ from bert_serving.client import BertClient
 
 from bertserve import Encoder
 from bertserve.client import Client
+from bertserve.serve.config import ServerConfig
 from bertserve.serve.process import ServerProcess
+from bertserve.serve.server import Server
 from serve_corpus import lee_sentences
 
 ATOL = 2e-5
 
 
-@pytest.mark.timeout(300)
-def test_sigterm_finishes_requests_in_flight_and_queue_refuses_past_its_bound(default_encoder):
-    corpus = lee_sentences()[:200]
-    reference = default_encoder.encode(corpus)
-    srv = ServerProcess("--max-queue-texts", "600", "--max-request-texts", "200", "--max-batch-tokens", "1024")
-    results, errors = {}, []
-
+def three_clients(url, port, port_out, corpus, results, errors) -> list[threading.Thread]:
+    """Two HTTP requests and one ZeroMQ request of the whole corpus, each on its own thread (not started)."""
     def over_http(k):
         try:
-            r = httpx.post(f"{srv.url}/encode", json={"id": k, "texts": corpus}, timeout=240)
+            r = httpx.post(f"{url}/encode", json={"id": k, "texts": corpus}, timeout=240)
             results[f"http{k}"] = (r.status_code, np.array(r.json()["result"]))
         except Exception as e:
             errors.append(repr(e))
 
     def over_zmq():
         try:
-            with BertClient(port=srv.port, port_out=srv.port_out, timeout=240000) as bc:
+            with BertClient(port=port, port_out=port_out, timeout=240000) as bc:
                 results["zmq"] = (200, bc.encode(corpus))
         except Exception as e:
             errors.append(repr(e))
 
+    return [threading.Thread(target=over_http, args=(k,)) for k in range(2)] + [threading.Thread(target=over_zmq)]
+
+
+@pytest.mark.timeout(300)
+def test_queue_refuses_past_its_bound_over_both_protocols(default_encoder):
+    """Workers held until the queue is full, so the refusal does not depend on how fast they run."""
+    corpus = lee_sentences()[:200]
+    reference = default_encoder.encode(corpus)
+    release = threading.Event()
+    held = copy.copy(default_encoder)
+
+    def held_run(items):
+        assert release.wait(240)
+        return default_encoder.run(items)
+
+    held.run = held_run
+    config = ServerConfig(http_port=0, port=0, port_out=0, max_queue_texts=600, max_request_texts=200,
+                          max_batch_tokens=1024)
+    server = Server(config, encoder=held).start()
+    url = f"http://127.0.0.1:{server.http_port}"
+    results, errors = {}, []
+    threads = three_clients(url, server.port, server.port_out, corpus, results, errors)
     try:
-        threads = [threading.Thread(target=over_http, args=(k,)) for k in range(2)]
-        threads.append(threading.Thread(target=over_zmq))
         for t in threads:
             t.start()
-        status = httpx.Client(base_url=srv.url, timeout=30)
-        deadline = time.monotonic() + 60
-        while status.get("/status").json()["queue_depth"] <= 400:  # all three requests accepted
-            assert time.monotonic() < deadline and not errors, errors
-            time.sleep(0.01)
-        # past the bound: refused at once over both protocols, nothing queued
-        refused = status.post("/encode", json={"texts": corpus})
+        with server.state.batcher._cond:  # all three requests accepted (nothing can leave while held)
+            assert server.state.batcher._cond.wait_for(lambda: server.state.batcher.queued_texts == 600, 120)
+        refused = httpx.post(f"{url}/encode", json={"texts": corpus}, timeout=30)
         assert refused.status_code == 429 and refused.json()["error"]["type"] == "rate_limit_error"
         assert refused.headers["retry-after"] == "1"
-        with BertClient(port=srv.port, port_out=srv.port_out, timeout=30000) as bc:
+        with BertClient(port=server.port, port_out=server.port_out, timeout=30000) as bc:
             with pytest.raises(TypeError, match="queue is full"):
                 bc.encode(corpus)
-        status.close()
+        release.set()
+        for t in threads:
+            t.join(240)
+        assert not errors
+        assert sorted(results) == ["http0", "http1", "zmq"]
+        for code, vectors in results.values():
+            assert code == 200
+            np.testing.assert_allclose(vectors, reference, atol=ATOL)
+    finally:
+        release.set()
+        server.shutdown()
 
+
+@pytest.mark.timeout(300)
+def test_sigterm_finishes_requests_in_flight(default_encoder):
+    corpus = lee_sentences()[:200]
+    reference = default_encoder.encode(corpus)
+    # a shutdown budget far above what 600 texts take even on a loaded machine: the test is not about speed
+    srv = ServerProcess("--max-queue-texts", "600", "--max-request-texts", "200", "--max-batch-tokens", "1024",
+                        "--shutdown-timeout", "240")
+    results, errors = {}, []
+    try:
+        threads = three_clients(srv.url, srv.port, srv.port_out, corpus, results, errors)
+        for t in threads:
+            t.start()
+        # signal once all three are accepted (or already answered): either way each must come back whole
+        with httpx.Client(base_url=srv.url, timeout=30) as status:
+            while status.get("/status").json()["queue_depth"] + 200 * len(results) < 600 and not errors:
+                time.sleep(0.01)
         srv.signal()
         assert srv.wait(120) == 0, srv.log_text()[-3000:]
         for t in threads:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from bertserve.errors import BadInput
+
 from .data import Example
 
 
@@ -26,13 +28,13 @@ class AugmentConfig:
 
     def __post_init__(self):
         if self.copies < 0:
-            raise ValueError(f"augmentation copies must be >= 0, got {self.copies}")
+            raise BadInput(f"augmentation copies must be >= 0, got {self.copies}")
         for name in ("p_mask", "p_ngram"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+                raise BadInput(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         lo, hi = self.ngram_range
         if not 1 <= lo <= hi:
-            raise ValueError(f"ngram_range must satisfy 1 <= low <= high, got {self.ngram_range}")
+            raise BadInput(f"ngram_range must satisfy 1 <= low <= high, got {self.ngram_range}")
 
 
 def augment_tokens(tokens: list[str], mask_token: str, config: AugmentConfig, rng: random.Random) -> list[str]:
@@ -51,7 +53,7 @@ def augment_examples(examples: list[Example], tokenizer, config: AugmentConfig) 
     if config.copies == 0:
         return []
     if tokenizer.mask_token is None:
-        raise ValueError("augmentation needs a tokenizer with a mask token")
+        raise BadInput("augmentation needs a tokenizer with a mask token")
     rng = random.Random(config.seed)
     seen = {(e.text, e.text_b) for e in examples}
     out = []

@@ -8,6 +8,8 @@ import importlib
 import json
 import sys
 
+from bertserve.errors import BadInput
+
 from .augment import AugmentConfig
 from .losses import LossConfig
 from .training import TrainConfig
@@ -47,7 +49,7 @@ def _training_config(args, **defaults) -> TrainConfig:
     values = {**defaults, **{k: v for k, v in given.items() if v is not None}}
     if "epochs" in values:
         if float(values["epochs"]) != int(values["epochs"]):
-            raise ValueError(f"--epochs must be a whole number for classification, got {values['epochs']}")
+            raise BadInput(f"--epochs must be a whole number for classification, got {values['epochs']}")
         values["epochs"] = int(values["epochs"])
     return TrainConfig(**values, freeze_embeddings=args.freeze_embeddings, progress=not args.no_progress)
 

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bertserve.errors import BadInput, MissingFile
+
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".txt": "txt"}
 
 
@@ -65,9 +67,9 @@ def _rows(path: Path, fmt: str):
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+                    raise BadInput(f"{path}:{n}: not valid JSON ({e.msg})") from None
                 if not isinstance(row, dict):
-                    raise ValueError(f"{path}:{n}: each line must be a JSON object with a 'text' field")
+                    raise BadInput(f"{path}:{n}: each line must be a JSON object with a 'text' field")
                 yield n, row
         elif fmt == "txt":
             for n, line in enumerate(f, 1):
@@ -78,7 +80,7 @@ def _rows(path: Path, fmt: str):
             if reader.fieldnames is None:
                 return
             if "text" not in reader.fieldnames:
-                raise ValueError(f"{path}: header {reader.fieldnames} has no 'text' column")
+                raise BadInput(f"{path}: header {reader.fieldnames} has no 'text' column")
             for row in reader:
                 yield reader.line_num, row
 
@@ -98,34 +100,34 @@ def read_text_set(path, label_names: list[str] | None = None, labels: str = "req
     an error rather than a silent new class.
     """
     if labels not in ("required", "optional", "ignore"):
-        raise ValueError(f"labels must be 'required', 'optional' or 'ignore', not {labels!r}")
+        raise BadInput(f"labels must be 'required', 'optional' or 'ignore', not {labels!r}")
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"data file not found: {path}")
+        raise MissingFile(f"data file not found: {path}")
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise ValueError(f"{path}: unknown data format {path.suffix!r}; use one of {sorted(FORMATS)}")
+        raise BadInput(f"{path}: unknown data format {path.suffix!r}; use one of {sorted(FORMATS)}")
     if fmt == "txt" and labels == "required":
-        raise ValueError(f"{path}: a .txt file holds unlabelled texts; give labelled data as JSONL, CSV or TSV")
+        raise BadInput(f"{path}: a .txt file holds unlabelled texts; give labelled data as JSONL, CSV or TSV")
     examples, seen = [], set()
     for n, row in _rows(path, fmt):
         text = _clean(row.get("text"))
         if text is None:
-            raise ValueError(f"{path}:{n}: missing or empty 'text'")
+            raise BadInput(f"{path}:{n}: missing or empty 'text'")
         label = None if labels == "ignore" else _clean(row.get("label"))
         if label is None and labels == "required":
-            raise ValueError(f"{path}:{n}: missing label (every row needs a 'label')")
+            raise BadInput(f"{path}:{n}: missing label (every row needs a 'label')")
         if label is not None:
             label = label.strip()
             if label_names is not None and label not in label_names:
-                raise ValueError(f"{path}:{n}: unknown label {label!r}; known labels: {list(label_names)}")
+                raise BadInput(f"{path}:{n}: unknown label {label!r}; known labels: {list(label_names)}")
             seen.add(label)
         examples.append(Example(text=text, text_b=_clean(row.get("text_b")), label=label))
     if not examples:
-        raise ValueError(f"{path}: empty data file (no records)")
+        raise BadInput(f"{path}: empty data file (no records)")
     names = list(label_names) if label_names is not None else sorted(seen, key=_label_sort_key)
     if labels == "required" and label_names is None and len(names) < 2:
-        raise ValueError(f"{path}: a classifier needs at least 2 distinct labels, found {names}")
+        raise BadInput(f"{path}: a classifier needs at least 2 distinct labels, found {names}")
     return TextSet(examples=examples, label_names=names, source=str(path))
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import fields
-from pathlib import Path
 
 from bertserve.distill.embedding import EmbeddingDistillConfig
+from bertserve.errors import BadInput
 
 _CONFIG_FIELDS = {f.name: f for f in fields(EmbeddingDistillConfig)}
 
@@ -60,16 +60,21 @@ def config_from_args(args: argparse.Namespace) -> EmbeddingDistillConfig:
             values[name] = tuple(value) if name in ("texts", "parallel") else value
     values["allow_projection"] = not getattr(args, "no_projection", False)
     if not values.get("out"):
-        raise ValueError("--out is required: the folder the student is saved to")
+        raise BadInput("--out is required: the folder the student is saved to")
     if not values.get("texts") and not values.get("parallel"):
-        raise ValueError("--texts (or --parallel) is required: files of training texts")
+        raise BadInput("--texts (or --parallel) is required: files of training texts")
     return EmbeddingDistillConfig(**values)
 
 
 def run_embedding_distill(args: argparse.Namespace) -> int:
     from bertserve import Encoder
     from bertserve.distill.embed_export import save_student
-    from bertserve.distill.embed_report import ReportConfig, evaluate, plot_curve, write_report
+    from bertserve.distill.embed_report import (
+        ReportConfig,
+        evaluate,
+        plot_curve,
+        write_report,
+    )
     from bertserve.distill.embedding import EmbeddingDistiller
 
     config = config_from_args(args)

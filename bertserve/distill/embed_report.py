@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bertserve.errors import BadInput
+
 SIMILARITY_SETS = ("lee50", "wordsim353", "simlex999")
 
 
@@ -31,9 +33,9 @@ class ReportConfig:
 def agreement(teacher: np.ndarray, student: np.ndarray, k: int = 10) -> dict:
     """Mean cosine of paired vectors and mean overlap of each text's k nearest neighbours (self excluded)."""
     if teacher.shape != student.shape:
-        raise ValueError(f"teacher vectors {teacher.shape} and student vectors {student.shape} differ")
+        raise BadInput(f"teacher vectors {teacher.shape} and student vectors {student.shape} differ")
     if len(teacher) <= k:
-        raise ValueError(f"need more than {k} held-out texts for top-{k} neighbours, got {len(teacher)}")
+        raise BadInput(f"need more than {k} held-out texts for top-{k} neighbours, got {len(teacher)}")
     t = teacher / np.linalg.norm(teacher, axis=1, keepdims=True).clip(1e-12)
     s = student / np.linalg.norm(student, axis=1, keepdims=True).clip(1e-12)
     overlaps = []

@@ -10,22 +10,24 @@ sentence-transformers all load it (see ``export``).
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bertserve.settings import cache_dir
-
 import numpy as np
 import torch
 from torch import nn
 
-from bertserve.distill.students import build_student, load_vocab_tokenizer, parse_bert_spec
+from bertserve.distill.students import (
+    build_student,
+    load_vocab_tokenizer,
+    parse_bert_spec,
+)
 from bertserve.encode.pooling import pool
+from bertserve.errors import BadInput
+from bertserve.settings import cache_dir
 
 # Teacher poolings a student can copy and a sentence-transformers Pooling module can express.
 DISTILLABLE_POOLINGS = ("REDUCE_MEAN", "REDUCE_MAX", "FIRST_TOKEN", "REDUCE_MEAN_SQRT_LEN")
@@ -74,11 +76,11 @@ def read_lines(paths, what: str = "texts") -> list[str]:
     for p in paths:
         path = Path(p)
         if not path.is_file():
-            raise ValueError(f"{what} file {path}: no such file")
+            raise BadInput(f"{what} file {path}: no such file")
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
-            raise ValueError(f"{what} file {path}: not UTF-8 text") from None
+            raise BadInput(f"{what} file {path}: not UTF-8 text") from None
         for line in text.splitlines():
             line = line.strip()
             if line:
@@ -91,7 +93,7 @@ def read_parallel(paths) -> list[tuple[str, str]]:
     for line in read_lines(paths, "parallel"):
         src, tab, tgt = line.partition("\t")
         if not tab or not src.strip() or not tgt.strip():
-            raise ValueError(f"parallel texts need 'source<TAB>translation' on every line, got {line[:80]!r}")
+            raise BadInput(f"parallel texts need 'source<TAB>translation' on every line, got {line[:80]!r}")
         pairs.append((src.strip(), tgt.strip()))
     return pairs
 
@@ -99,7 +101,7 @@ def read_parallel(paths) -> list[tuple[str, str]]:
 def embedding_loss(student: torch.Tensor, teacher: torch.Tensor, cosine_weight: float = 0.0) -> torch.Tensor:
     """Mean squared error over all components, plus ``cosine_weight * mean(1 - cos)``."""
     if student.shape != teacher.shape:
-        raise ValueError(f"student vectors {tuple(student.shape)} and teacher vectors {tuple(teacher.shape)} differ")
+        raise BadInput(f"student vectors {tuple(student.shape)} and teacher vectors {tuple(teacher.shape)} differ")
     loss = torch.mean((student - teacher) ** 2)
     if cosine_weight:
         loss = loss + cosine_weight * torch.mean(1 - nn.functional.cosine_similarity(student, teacher, dim=-1))
@@ -112,7 +114,7 @@ class StudentHead(nn.Module):
     def __init__(self, mode: str, in_dim: int, out_dim: int, normalize: bool, allow_projection: bool):
         super().__init__()
         if in_dim != out_dim and not allow_projection:
-            raise ValueError(f"student width {in_dim} differs from the teacher's {out_dim} and projection is off; "
+            raise BadInput(f"student width {in_dim} differs from the teacher's {out_dim} and projection is off; "
                              "allow a projection or choose a student with the teacher's width")
         self.mode, self.normalize = mode, normalize
         self.projection = nn.Linear(in_dim, out_dim) if in_dim != out_dim else None
@@ -159,7 +161,7 @@ def _student_model(teacher_ckpt, config: EmbeddingDistillConfig):
         tokenizer = (load_vocab_tokenizer(config.student_vocab) if config.student_vocab
                      else AutoTokenizer.from_pretrained(config.student_init))
         if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
-            raise ValueError(f"student {config.student_init} has {model.get_input_embeddings().weight.shape[0]} "
+            raise BadInput(f"student {config.student_init} has {model.get_input_embeddings().weight.shape[0]} "
                              f"token embeddings but its tokenizer {len(tokenizer)} tokens")
         return model, tokenizer
     spec = parse_bert_spec(config.student)
@@ -177,9 +179,9 @@ def pooling_mode(encoder) -> str:
     """The teacher's pooling, checked to be one the saved student can reproduce."""
     cfg = encoder.config
     if cfg.pooling not in DISTILLABLE_POOLINGS:
-        raise ValueError(f"teacher pooling {cfg.pooling} cannot be distilled; use one of {DISTILLABLE_POOLINGS}")
+        raise BadInput(f"teacher pooling {cfg.pooling} cannot be distilled; use one of {DISTILLABLE_POOLINGS}")
     if tuple(cfg.layers) not in ((-1,), (encoder.checkpoint.num_layers,)) or cfg.mask_cls_sep:
-        raise ValueError(f"teacher layers {cfg.layers} / mask_cls_sep={cfg.mask_cls_sep}: a distilled student "
+        raise BadInput(f"teacher layers {cfg.layers} / mask_cls_sep={cfg.mask_cls_sep}: a distilled student "
                          "reproduces the last layer with special tokens included only")
     return cfg.pooling
 
@@ -198,7 +200,7 @@ class EmbeddingDistiller:
         texts = read_lines(config.texts) if config.texts else []
         pairs = read_parallel(config.parallel) if config.parallel else []
         if not texts and not pairs:
-            raise ValueError("no training texts: give --texts (and/or --parallel) files with at least one line")
+            raise BadInput("no training texts: give --texts (and/or --parallel) files with at least one line")
         rng = random.Random(config.seed)
         rng.shuffle(texts)
         if config.max_texts:
@@ -207,7 +209,7 @@ class EmbeddingDistiller:
         self.heldout, train_texts = texts[:n_held], texts[n_held:]
         sources = train_texts + [s for s, _ in pairs]
         if not sources:
-            raise ValueError("no training texts left after holding out the evaluation texts")
+            raise BadInput("no training texts left after holding out the evaluation texts")
         # The student first: a bad spec or vocab fails before the teacher spends minutes on the corpus.
         torch.manual_seed(config.seed)
         self.student, self.tokenizer = _student_model(self.teacher.checkpoint, config)

@@ -18,14 +18,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bertserve.errors import BadInput
+
 from .augment import AugmentConfig, augment_examples
 from .classify import Classifier, load_classifier_model, save_hf_classifier
 from .data import TextSet, read_text_set
-from .losses import IntermediateLoss, LossConfig, check_intermediate, prediction_loss, temperature_at
+from .losses import (
+    IntermediateLoss,
+    LossConfig,
+    check_intermediate,
+    prediction_loss,
+    temperature_at,
+)
 from .report import count_parameters, measure_speed, weights_size_mb, write_report
 from .small_students import KINDS as SMALL_KINDS
 from .small_students import build_small_student, parse_small_spec, save_small_student
-from .training import TrainConfig, collate, evaluate, fit, predict_logits, seed_everything, tokenize
+from .training import (
+    TrainConfig,
+    collate,
+    evaluate,
+    fit,
+    predict_logits,
+    seed_everything,
+    tokenize,
+)
 
 
 @dataclass
@@ -48,7 +64,7 @@ def student_kind(spec: str) -> str:
     kind = spec.strip().partition(":")[0].strip().lower()
     if kind == "bert" or kind in SMALL_KINDS:
         return kind
-    raise ValueError(f"unknown student spec {spec!r}; use bert:layers=N[,hidden=..,heads=..,ff=..], bilstm or textcnn")
+    raise BadInput(f"unknown student spec {spec!r}; use bert:layers=N[,hidden=..,heads=..,ff=..], bilstm or textcnn")
 
 
 def build_transfer_set(train: TextSet, unlabeled: TextSet | None, tokenizer, augment: AugmentConfig) -> TextSet:
@@ -178,7 +194,7 @@ def score_and_report(models: dict, teacher: str, test: TextSet, speed_rounds: in
     rows = {}
     for name, clf in models.items():
         if clf.label_names != test.label_names:
-            raise ValueError(f"{name} predicts {clf.label_names} but the test set has labels {test.label_names}")
+            raise BadInput(f"{name} predicts {clf.label_names} but the test set has labels {test.label_names}")
         tok = tokenize(clf.tokenizer, test.texts, test.texts_b, clf.max_seq_len, test.label_ids())
         metrics = evaluate(clf.model, tok, clf.pad_id, clf.label_names)
         rows[name] = {"path": clf.path, "kind": clf.model_kind, "accuracy": metrics["accuracy"],

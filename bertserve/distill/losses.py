@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import nn
 
+from bertserve.errors import BadInput
+
 SOFT_LOSSES = ("kl", "mse")
 SCHEDULES = ("constant", "anneal")
 
@@ -29,16 +31,16 @@ class LossConfig:
 
     def __post_init__(self):
         if not 0.0 <= float(self.alpha) <= 1.0:
-            raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
+            raise BadInput(f"alpha must lie in [0, 1], got {self.alpha}")
         if not float(self.temperature) > 0.0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+            raise BadInput(f"temperature must be > 0, got {self.temperature}")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"temperature schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+            raise BadInput(f"temperature schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.soft not in SOFT_LOSSES:
-            raise ValueError(f"soft loss must be one of {SOFT_LOSSES}, got {self.soft!r}")
+            raise BadInput(f"soft loss must be one of {SOFT_LOSSES}, got {self.soft!r}")
         for name in ("hidden_weight", "attention_weight", "embedding_weight"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise BadInput(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.layer_map is not None:
             self.layer_map = tuple(int(i) for i in self.layer_map)
 
@@ -59,7 +61,7 @@ def soft_target_loss(student_logits, teacher_logits, temperature: float):
 
     The T^2 factor keeps the gradient scale of the soft term independent of T (Hinton et al.)."""
     if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+        raise BadInput(f"temperature must be > 0, got {temperature}")
     log_p_student = F.log_softmax(student_logits / temperature, dim=-1)
     log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=-1)
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
@@ -100,24 +102,24 @@ def check_intermediate(config: LossConfig, teacher_config, student_config, stude
     if not config.uses_intermediate:
         return ()
     if student_kind != "bert":
-        raise ValueError(
+        raise BadInput(
             f"hidden/attention/embedding losses need a transformer student, but the student is {student_kind!r}. "
             "Use a spec such as 'bert:layers=3', or set --hidden-weight/--attention-weight/--embedding-weight "
             "to 0 and distill the logits only (--alpha, --temperature)")
     if teacher_config.vocab_size != student_config.vocab_size:
-        raise ValueError(
+        raise BadInput(
             f"intermediate losses compare token positions, so teacher and student must share a tokenizer "
             f"(vocab {teacher_config.vocab_size} vs {student_config.vocab_size}); build the student from the teacher")
     t_layers, s_layers = teacher_config.num_hidden_layers, student_config.num_hidden_layers
     layer_map = config.layer_map or default_layer_map(s_layers, t_layers)
     if len(layer_map) != s_layers:
-        raise ValueError(f"layer map {list(layer_map)} has {len(layer_map)} entries but the student has {s_layers} "
+        raise BadInput(f"layer map {list(layer_map)} has {len(layer_map)} entries but the student has {s_layers} "
                          f"layers; give one teacher layer per student layer, e.g. {list(default_layer_map(s_layers, t_layers))}")
     bad = [i for i in layer_map if not 1 <= i <= t_layers]
     if bad:
-        raise ValueError(f"layer map entries {bad} are outside the teacher's layers 1..{t_layers}")
+        raise BadInput(f"layer map entries {bad} are outside the teacher's layers 1..{t_layers}")
     if config.attention_weight > 0 and teacher_config.num_attention_heads != student_config.num_attention_heads:
-        raise ValueError(
+        raise BadInput(
             f"attention-score MSE compares maps head by head: the teacher has {teacher_config.num_attention_heads} "
             f"heads, the student {student_config.num_attention_heads}. Build the student with "
             f"heads={teacher_config.num_attention_heads}, or set --attention-weight 0 and keep the hidden-state loss "

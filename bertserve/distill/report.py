@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bertserve.errors import BadInput
+
 REPORT_VERSION = 1
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".onnx")
 
@@ -23,11 +25,11 @@ def classification_metrics(y_true, y_pred, n_labels: int) -> dict:
     """Accuracy and macro-F1 (unweighted mean of per-label F1; a label never predicted nor present counts 0)."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if y_true.shape != y_pred.shape:
-        raise ValueError(f"{len(y_true)} labels but {len(y_pred)} predictions")
+        raise BadInput(f"{len(y_true)} labels but {len(y_pred)} predictions")
     keep = y_true >= 0
     y_true, y_pred = y_true[keep], y_pred[keep]
     if y_true.size == 0:
-        raise ValueError("no labelled examples to evaluate")
+        raise BadInput("no labelled examples to evaluate")
     f1 = []
     for c in range(n_labels):
         tp = int(np.sum((y_pred == c) & (y_true == c)))
@@ -80,7 +82,7 @@ def measure_speed(classifiers: dict, texts: list[str], rounds: int = 3, latency_
 
     Rounds are interleaved: round r runs every model before round r + 1 starts."""
     if not texts:
-        raise ValueError("no texts to time")
+        raise BadInput("no texts to time")
     singles = texts[:latency_texts]
     for clf in classifiers.values():  # warm-up: first calls pay for lazy initialisation
         clf.classify(texts[: min(len(texts), 8)])

@@ -17,6 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from bertserve.errors import BadInput
+
 from .students import split_spec
 
 KINDS = ("bilstm", "textcnn")
@@ -42,31 +44,31 @@ class SmallStudentConfig:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise ValueError(f"unknown small student {self.kind!r}; choose one of {KINDS}")
+            raise BadInput(f"unknown small student {self.kind!r}; choose one of {KINDS}")
         self.widths = tuple(int(w) for w in self.widths)
         if self.hidden < 1 or self.embedding_dim < 0 or not self.widths or min(self.widths) < 1:
-            raise ValueError(f"invalid student sizes: hidden={self.hidden}, embedding_dim={self.embedding_dim}, widths={self.widths}")
+            raise BadInput(f"invalid student sizes: hidden={self.hidden}, embedding_dim={self.embedding_dim}, widths={self.widths}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+            raise BadInput(f"dropout must lie in [0, 1), got {self.dropout}")
 
 
 def parse_small_spec(spec: str) -> SmallStudentConfig:
     """'bilstm', 'bilstm:hidden=300,emb=256,init=0', 'textcnn:widths=2-3-4,hidden=128'."""
     kind, opts = split_spec(spec)
     if kind not in KINDS:
-        raise ValueError(f"unknown small student {kind!r}; choose one of {KINDS}")
+        raise BadInput(f"unknown small student {kind!r}; choose one of {KINDS}")
     parsers = {"hidden": ("hidden", int), "channels": ("hidden", int), "emb": ("embedding_dim", int),
                "widths": ("widths", lambda v: tuple(int(w) for w in v.split("-"))), "dropout": ("dropout", float),
                "init": ("init_embeddings", lambda v: v.lower() in ("1", "true", "yes", "teacher"))}
     cfg = {}
     for key, value in opts.items():
         if key not in parsers:
-            raise ValueError(f"student spec {spec!r}: unknown option {key!r}; known: {sorted(parsers)}")
+            raise BadInput(f"student spec {spec!r}: unknown option {key!r}; known: {sorted(parsers)}")
         field_name, parse = parsers[key]
         try:
             cfg[field_name] = parse(value)
         except ValueError:
-            raise ValueError(f"student spec {spec!r}: bad value {value!r} for {key}") from None
+            raise BadInput(f"student spec {spec!r}: bad value {value!r} for {key}") from None
     return SmallStudentConfig(kind=kind, **cfg)
 
 
@@ -131,7 +133,7 @@ def build_small_student(config: SmallStudentConfig, teacher, tokenizer, id_lists
     teacher_emb = teacher.get_input_embeddings().weight.detach()
     emb_dim = config.embedding_dim or teacher_emb.shape[1]
     if config.init_embeddings and emb_dim != teacher_emb.shape[1]:
-        raise ValueError(f"init=teacher copies the teacher's {teacher_emb.shape[1]}-wide embeddings; "
+        raise BadInput(f"init=teacher copies the teacher's {teacher_emb.shape[1]}-wide embeddings; "
                          f"drop emb={emb_dim} or set init=0")
     unk = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else tokenizer.pad_token_id
     cfg = SmallStudentConfig(**{**asdict(config), "embedding_dim": emb_dim, "num_labels": num_labels,
@@ -162,7 +164,7 @@ def is_small_student(path) -> bool:
 def load_small_student(path) -> tuple[SmallStudent, list[str], int | None]:
     meta = json.loads((Path(path) / FORMAT_FILE).read_text())
     if meta.get("format") != FORMAT_NAME or meta.get("version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path}: not a bertserve small student of version <= {FORMAT_VERSION}")
+        raise BadInput(f"{path}: not a bertserve small student of version <= {FORMAT_VERSION}")
     model = SmallStudent(SmallStudentConfig(**meta["config"]))
     model.load_state_dict(load_file(str(Path(path) / "model.safetensors")))
     return model.eval(), meta["label_names"], meta.get("max_seq_len")

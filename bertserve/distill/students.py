@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bertserve.errors import BadInput
+
 PICKS = ("spread", "alternate", "bottom", "top")
 _BERT_KEYS = {"layers", "hidden", "heads", "ff", "pick", "init"}
 _FF_NAMES = ("intermediate_size", "hidden_dim")
@@ -54,15 +56,15 @@ class BertStudentSpec:
 def split_spec(spec: str) -> tuple[str, dict[str, str]]:
     """``"kind:a=1,b=2"`` -> ``("kind", {"a": "1", "b": "2"})``; shared by every student family."""
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"student spec must be a non-empty string like 'bert:layers=3', got {spec!r}")
+        raise BadInput(f"student spec must be a non-empty string like 'bert:layers=3', got {spec!r}")
     kind, _, rest = spec.strip().partition(":")
     options: dict[str, str] = {}
     for item in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, value = item.partition("=")
         if not eq or not key.strip() or not value.strip():
-            raise ValueError(f"student spec {spec!r}: {item!r} is not key=value")
+            raise BadInput(f"student spec {spec!r}: {item!r} is not key=value")
         if key.strip() in options:
-            raise ValueError(f"student spec {spec!r}: {key.strip()!r} given twice")
+            raise BadInput(f"student spec {spec!r}: {key.strip()!r} given twice")
         options[key.strip()] = value.strip()
     return kind.strip().lower(), options
 
@@ -71,46 +73,46 @@ def _positive_int(spec: str, key: str, value: str) -> int:
     try:
         n = int(value)
     except ValueError:
-        raise ValueError(f"student spec {spec!r}: {key}={value!r} is not an integer") from None
+        raise BadInput(f"student spec {spec!r}: {key}={value!r} is not an integer") from None
     if n <= 0:
-        raise ValueError(f"student spec {spec!r}: {key} must be positive, got {n}")
+        raise BadInput(f"student spec {spec!r}: {key} must be positive, got {n}")
     return n
 
 
 def parse_bert_spec(spec: str) -> BertStudentSpec:
     kind, opts = split_spec(spec)
     if kind != "bert":
-        raise ValueError(f"student spec {spec!r}: kind {kind!r} is not a transformer student ('bert:...')")
+        raise BadInput(f"student spec {spec!r}: kind {kind!r} is not a transformer student ('bert:...')")
     unknown = set(opts) - _BERT_KEYS
     if unknown:
-        raise ValueError(f"student spec {spec!r}: unknown option(s) {sorted(unknown)}; known: {sorted(_BERT_KEYS)}")
+        raise BadInput(f"student spec {spec!r}: unknown option(s) {sorted(unknown)}; known: {sorted(_BERT_KEYS)}")
     if "layers" not in opts:
-        raise ValueError(f"student spec {spec!r}: 'layers=N' is required")
+        raise BadInput(f"student spec {spec!r}: 'layers=N' is required")
     ints = {k: _positive_int(spec, k, opts[k]) for k in ("layers", "hidden", "heads", "ff") if k in opts}
     pick: str | tuple[int, ...] = opts.get("pick", "spread")
     if pick not in PICKS:
         try:
             pick = tuple(int(i) for i in pick.split(":"))
         except ValueError:
-            raise ValueError(f"student spec {spec!r}: pick must be one of {PICKS} or indices like 0:2:4") from None
+            raise BadInput(f"student spec {spec!r}: pick must be one of {PICKS} or indices like 0:2:4") from None
         if len(pick) != ints["layers"]:
-            raise ValueError(f"student spec {spec!r}: pick names {len(pick)} layers but layers={ints['layers']}")
+            raise BadInput(f"student spec {spec!r}: pick names {len(pick)} layers but layers={ints['layers']}")
     init = opts.get("init")
     if init not in (None, "teacher", "random"):
-        raise ValueError(f"student spec {spec!r}: init must be 'teacher' or 'random', got {init!r}")
+        raise BadInput(f"student spec {spec!r}: init must be 'teacher' or 'random', got {init!r}")
     if "hidden" in ints and "heads" in ints and ints["hidden"] % ints["heads"]:
-        raise ValueError(f"student spec {spec!r}: hidden={ints['hidden']} is not divisible by heads={ints['heads']}")
+        raise BadInput(f"student spec {spec!r}: hidden={ints['hidden']} is not divisible by heads={ints['heads']}")
     return BertStudentSpec(pick=pick, init=init, **ints)
 
 
 def pick_layers(pick: str | tuple[int, ...], n_student: int, n_teacher: int) -> list[int]:
     """Teacher layer index for each student layer."""
     if n_student > n_teacher:
-        raise ValueError(f"student has {n_student} layers but the teacher only {n_teacher}")
+        raise BadInput(f"student has {n_student} layers but the teacher only {n_teacher}")
     if isinstance(pick, tuple):
         bad = [i for i in pick if not 0 <= i < n_teacher]
         if bad:
-            raise ValueError(f"pick names teacher layers {bad}, but the teacher has layers 0..{n_teacher - 1}")
+            raise BadInput(f"pick names teacher layers {bad}, but the teacher has layers 0..{n_teacher - 1}")
         return list(pick)
     if pick == "bottom":
         return list(range(n_student))
@@ -129,14 +131,14 @@ def encoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     for name, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) == n and n > 0:
             return name, module
-    raise ValueError(f"{type(model).__name__}: no list of {n} encoder layers found; not a supported teacher")
+    raise BadInput(f"{type(model).__name__}: no list of {n} encoder layers found; not a supported teacher")
 
 
 def _ff_name(config) -> str:
     for name in _FF_NAMES:
         if hasattr(config, name):
             return name
-    raise ValueError(f"{type(config).__name__}: no feed-forward width field ({_FF_NAMES})")
+    raise BadInput(f"{type(config).__name__}: no feed-forward width field ({_FF_NAMES})")
 
 
 def _position_offset(model: nn.Module) -> int:
@@ -166,7 +168,7 @@ def _student_config(teacher: nn.Module, spec: BertStudentSpec, vocab_size: int |
     if spec.ff:
         setattr(config, _ff_name(config), spec.ff)
     if config.hidden_size % config.num_attention_heads:
-        raise ValueError(f"student hidden={config.hidden_size} is not divisible by heads={config.num_attention_heads}")
+        raise BadInput(f"student hidden={config.hidden_size} is not divisible by heads={config.num_attention_heads}")
     if vocab_size is not None:
         config.vocab_size = vocab_size
         config.pad_token_id = pad_id if pad_id is not None else 0
@@ -179,7 +181,7 @@ def _copy_layers(student: nn.Module, teacher: nn.Module, picks: list[int]) -> No
     for i, j in enumerate(picks):
         src, dst = t_layers[j].state_dict(), s_layers[i].state_dict()
         if set(src) != set(dst) or any(src[k].shape != dst[k].shape for k in dst):
-            raise ValueError(f"teacher layer {j} does not fit student layer {i} ({s_name}); use init=random")
+            raise BadInput(f"teacher layer {j} does not fit student layer {i} ({s_name}); use init=random")
         s_layers[i].load_state_dict(src)
 
 
@@ -221,7 +223,7 @@ def transfer_embeddings(student: nn.Module, teacher: nn.Module, student_tokenize
     t_emb = teacher.get_input_embeddings().weight
     s_emb = student.get_input_embeddings().weight
     if t_emb.shape[1] != s_emb.shape[1]:
-        raise ValueError(f"embedding widths differ (teacher {t_emb.shape[1]}, student {s_emb.shape[1]})")
+        raise BadInput(f"embedding widths differ (teacher {t_emb.shape[1]}, student {s_emb.shape[1]})")
     t_vocab = teacher_tokenizer.get_vocab()
     exact = 0
     with torch.no_grad():
@@ -254,7 +256,7 @@ def build_student(teacher: nn.Module, spec: BertStudentSpec | str, *, student_to
     same_width = config.hidden_size == tc.hidden_size and getattr(config, _ff_name(config)) == getattr(tc, _ff_name(tc))
     init = spec.init or ("teacher" if same_width else "random")
     if init == "teacher" and not same_width:
-        raise ValueError(f"{spec}: init=teacher needs the teacher's widths (hidden {tc.hidden_size}, "
+        raise BadInput(f"{spec}: init=teacher needs the teacher's widths (hidden {tc.hidden_size}, "
                          f"ff {getattr(tc, _ff_name(tc))}); use init=random for a narrower student")
     picks = pick_layers(spec.pick, spec.layers, tc.num_hidden_layers)
     if same_vocab or not _position_offset(teacher):
@@ -278,14 +280,14 @@ def load_vocab_tokenizer(vocab_file: str | Path, lowercase: bool | None = None):
 
     path = Path(vocab_file)
     if not path.is_file():
-        raise ValueError(f"student vocab {path}: no such file")
+        raise BadInput(f"student vocab {path}: no such file")
     try:
         tokens = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
-        raise ValueError(f"student vocab {path}: not a UTF-8 text file (expected a WordPiece vocab.txt)") from None
+        raise BadInput(f"student vocab {path}: not a UTF-8 text file (expected a WordPiece vocab.txt)") from None
     missing = [t for t in _VOCAB_SPECIALS if t not in tokens]
     if len(tokens) < 10 or missing:
-        raise ValueError(f"student vocab {path}: not a WordPiece vocab.txt ({len(tokens)} lines, "
+        raise BadInput(f"student vocab {path}: not a WordPiece vocab.txt ({len(tokens)} lines, "
                          f"missing {missing or 'enough entries'})")
     if lowercase is None:
         cased = sum(1 for t in tokens if t[:1].isupper() and not t.startswith("["))
@@ -295,5 +297,5 @@ def load_vocab_tokenizer(vocab_file: str | Path, lowercase: bool | None = None):
         shutil.copy(path, Path(tmp) / "vocab.txt")
         tok = BertTokenizerFast.from_pretrained(tmp, do_lower_case=lowercase)
     if len(tok) < len(set(tokens)) * 0.99:
-        raise ValueError(f"student vocab {path}: tokenizer kept only {len(tok)} of {len(tokens)} entries")
+        raise BadInput(f"student vocab {path}: tokenizer kept only {len(tok)} of {len(tokens)} entries")
     return tok

@@ -12,6 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from bertserve.engine.collate import pad_batch
+from bertserve.errors import BadInput
+
 from .report import classification_metrics
 
 
@@ -32,14 +35,14 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.max_seq_len < 2:
-            raise ValueError(f"epochs, batch_size must be >= 1 and max_seq_len >= 2 "
+            raise BadInput(f"epochs, batch_size must be >= 1 and max_seq_len >= 2 "
                              f"(got {self.epochs}, {self.batch_size}, {self.max_seq_len})")
         if not 0.0 <= self.warmup < 1.0:
-            raise ValueError(f"warmup is a fraction of the training steps in [0, 1), got {self.warmup}")
+            raise BadInput(f"warmup is a fraction of the training steps in [0, 1), got {self.warmup}")
         if not self.lr > 0:
-            raise ValueError(f"learning rate must be > 0, got {self.lr}")
+            raise BadInput(f"learning rate must be > 0, got {self.lr}")
         if self.metric not in ("accuracy", "macro_f1"):
-            raise ValueError(f"metric must be 'accuracy' or 'macro_f1', got {self.metric!r}")
+            raise BadInput(f"metric must be 'accuracy' or 'macro_f1', got {self.metric!r}")
 
 
 @dataclass
@@ -55,7 +58,7 @@ class Tokenized:
 def tokenize(tokenizer, texts, texts_b=None, max_seq_len: int = 128, labels=None) -> Tokenized:
     pairs = texts_b is not None and any(b is not None for b in texts_b)
     if pairs and any(b is None for b in texts_b):
-        raise ValueError("either every example has text_b or none does")
+        raise BadInput("either every example has text_b or none does")
     enc = tokenizer(list(texts), list(texts_b) if pairs else None, truncation=True, max_length=max_seq_len)
     keys = [k for k in ("input_ids", "token_type_ids") if k in enc]
     features = [{k: enc[k][i] for k in keys} for i in range(len(texts))]
@@ -64,18 +67,8 @@ def tokenize(tokenizer, texts, texts_b=None, max_seq_len: int = 128, labels=None
 
 
 def collate(features: list[dict], pad_id: int) -> dict:
-    width = max(len(f["input_ids"]) for f in features)
-    batch = {"input_ids": torch.full((len(features), width), pad_id, dtype=torch.long),
-             "attention_mask": torch.zeros((len(features), width), dtype=torch.long)}
-    if "token_type_ids" in features[0]:
-        batch["token_type_ids"] = torch.zeros((len(features), width), dtype=torch.long)
-    for i, f in enumerate(features):
-        n = len(f["input_ids"])
-        batch["input_ids"][i, :n] = torch.tensor(f["input_ids"])
-        batch["attention_mask"][i, :n] = 1
-        if "token_type_ids" in batch:
-            batch["token_type_ids"][i, :n] = torch.tensor(f["token_type_ids"])
-    return batch
+    types = [f["token_type_ids"] for f in features] if "token_type_ids" in features[0] else None
+    return pad_batch([f["input_ids"] for f in features], pad_id, types)
 
 
 def logits_of(model: nn.Module, batch: dict):

@@ -6,8 +6,7 @@ import json
 import sys
 
 from bertserve.encode.backends import BACKENDS
-from bertserve.encode.config import EncoderConfig
-from bertserve.encode.pooling import STRATEGIES
+from bertserve.encode.config import STRATEGIES, EncoderConfig
 
 PROGRESS_THRESHOLD = 1000  # texts; below this a progress bar is noise
 

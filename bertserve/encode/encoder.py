@@ -4,14 +4,19 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from bertserve.encode.backends import BACKENDS, QualityGate, make_backend
-from bertserve.encode.config import DTYPES, EncoderConfig
+from bertserve.encode.backends import QualityGate, make_backend
+from bertserve.encode.config import EncoderConfig
 from bertserve.encode.pooling import canonical_pooling, pool, width_factor
+from bertserve.engine.collate import pad_batch
+from bertserve.engine.contract import Engine, Prepared
+from bertserve.errors import BadInput, BadInputType
 from bertserve.models import Checkpoint, load_checkpoint
 from bertserve.models.tokenizer import TextTokenizer, Tokenized
 
@@ -20,25 +25,35 @@ def _check_layers(layers, num_layers: int) -> tuple[int, ...]:
     if isinstance(layers, (int, np.integer)) and not isinstance(layers, bool):
         layers = (int(layers),)
     if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence) or len(layers) == 0:
-        raise ValueError(f"layers must be an int or a non-empty list of ints, got {layers!r}")
+        raise BadInput(f"layers must be an int or a non-empty list of ints, got {layers!r}")
     out = []
     for layer in layers:
         if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
-            raise ValueError(f"layers must be ints, got {layer!r}")
+            raise BadInput(f"layers must be ints, got {layer!r}")
         if not -num_layers <= layer <= num_layers:
-            raise ValueError(f"layer {layer} is out of range: the model has {num_layers} layers "
+            raise BadInput(f"layer {layer} is out of range: the model has {num_layers} layers "
                              f"(valid: -{num_layers}..{num_layers}, 0 is the embedding output)")
         out.append(int(layer))
     return tuple(out)
 
 
-class Encoder:
+@dataclass
+class Encoded:
+    """One encode request's answer, as the batcher hands it to a front-end."""
+    vectors: np.ndarray            # (n, dim), or (n, L, dim) for pooling NONE
+    tokens: list[list[str]]        # the tokens each text became (only when asked for; else empty)
+    num_tokens: int                # total tokens, for OpenAI's `usage`
+
+
+class Encoder(Engine):
     """Encode texts into vectors with a BERT-family checkpoint; see EncoderConfig for the options."""
+
+    kind = "encode"
 
     def __init__(self, model=None, *, config: EncoderConfig | None = None, checkpoint: Checkpoint | None = None,
                  **options):
         if config is not None and options:
-            raise TypeError("pass either config= or keyword options, not both")
+            raise BadInputType("pass either config= or keyword options, not both")
         if config is None:
             config = EncoderConfig(model=None if model is None else str(model), **options)
         elif model is not None:
@@ -80,38 +95,29 @@ class Encoder:
         layers = _check_layers((-1,) if cfg.layers is None else cfg.layers, ckpt.num_layers)
         if pooling == "CLS_POOLED":
             if not ckpt.has_pooler:
-                raise ValueError(f"CLS_POOLED needs a pooler layer and {ckpt.path} has none; "
+                raise BadInput(f"CLS_POOLED needs a pooler layer and {ckpt.path} has none; "
                                  "use CLS_TOKEN or REDUCE_MEAN")
             if layers != (-1,) and layers != (ckpt.num_layers,):
-                raise ValueError("CLS_POOLED uses the pooler on the last layer; it cannot be combined with other layers")
+                raise BadInput("CLS_POOLED uses the pooler on the last layer; it cannot be combined with other layers")
         max_len = cfg.max_seq_len
         if max_len == "auto":
             max_len = ckpt.default_max_seq_len or ckpt.model_max_len
         elif max_len is None:
             max_len = ckpt.model_max_len
         elif isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)):
-            raise ValueError(f"max_seq_len must be an int, None or 'auto', got {max_len!r}")
+            raise BadInput(f"max_seq_len must be an int, None or 'auto', got {max_len!r}")
         elif not 3 <= max_len <= ckpt.model_max_len:
-            raise ValueError(f"max_seq_len must be between 3 and the model's maximum {ckpt.model_max_len}, got {max_len}")
+            raise BadInput(f"max_seq_len must be between 3 and the model's maximum {ckpt.model_max_len}, got {max_len}")
         if cfg.long_text == "chunk" and pooling == "NONE":
-            raise ValueError("NONE pooling returns token vectors and cannot be combined with long_text='chunk'")
-        if cfg.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {cfg.dtype!r}")
-        if isinstance(cfg.batch_size, bool) or not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {cfg.batch_size!r}")
-        if cfg.backend not in BACKENDS:
-            raise ValueError(f"unknown backend {cfg.backend!r}; valid: {', '.join(BACKENDS)}")
+            raise BadInput("NONE pooling returns token vectors and cannot be combined with long_text='chunk'")
         gate = cfg.auto_gate if cfg.auto_gate is not None else QualityGate()
         if isinstance(gate, dict):
             gate = QualityGate(**gate)
         if not isinstance(gate, QualityGate):
-            raise ValueError(f"auto_gate must be a QualityGate or a dict of its thresholds, got {gate!r}")
-        if isinstance(cfg.auto_sample, bool) or not isinstance(cfg.auto_sample, int) or cfg.auto_sample < 20:
-            raise ValueError(f"auto_sample must be an int >= 20 (sentences measured by backend='auto'), "
-                             f"got {cfg.auto_sample!r}")
+            raise BadInput(f"auto_gate must be a QualityGate or a dict of its thresholds, got {gate!r}")
         normalize = ckpt.default_normalize if cfg.normalize is None else bool(cfg.normalize)
         if ckpt.dense and (pooling != canonical_pooling(ckpt.default_pooling) or layers not in ((-1,), (ckpt.num_layers,))):
-            raise ValueError(f"{ckpt.path} projects its own pooled last-layer vector with a Dense module; "
+            raise BadInput(f"{ckpt.path} projects its own pooled last-layer vector with a Dense module; "
                              "pooling and layers cannot be changed for it")
         if normalize and pooling == "NONE":
             normalize = False  # token vectors are returned as the model made them
@@ -128,6 +134,38 @@ class Encoder:
         if self.backend_choice is not None:
             info["auto_choice"] = {k: v for k, v in self.backend_choice.items() if k != "entry"}
         return info
+
+    # -- the engine contract (what the batcher calls) ------------------------------------------------
+    @property
+    def name(self) -> str:
+        return Path(str(self.checkpoint.path)).name
+
+    def prepare(self, inputs, *, is_tokenized: bool = False, show_tokens: bool = False) -> Prepared:
+        items = self.tokenize(inputs, is_tokenized=is_tokenized)
+        tokens = [self.tokenizer.tokens(it) for it in items] if show_tokens else []
+        return Prepared(items, tokens)
+
+    def run(self, items: list[Tokenized]) -> np.ndarray:
+        return self.embed(items)
+
+    def finish(self, prepared: Prepared, rows: list) -> Encoded:
+        if rows and rows[0].ndim == 2:
+            # pooling NONE: items encoded in different batches may be padded to different lengths
+            width = max(r.shape[0] for r in rows)
+            out = np.zeros((len(rows), width, rows[0].shape[1]), dtype=rows[0].dtype)
+            for k, r in enumerate(rows):
+                out[k, :r.shape[0]] = r
+        elif rows:
+            out = np.stack(rows)
+        else:
+            out = self.embed([])
+        return Encoded(out, prepared.context, prepared.num_tokens)
+
+    def describe(self) -> dict:
+        cfg = self.config
+        return {"kind": self.kind, "name": self.name, "dim": self.dim, "max_seq_len": cfg.max_seq_len,
+                "pooling": cfg.pooling, "layers": list(cfg.layers), "normalize": cfg.normalize,
+                "backend": getattr(self.backend, "name", None)}
 
     # -- the pipeline ---------------------------------------------------------------------------------
     def tokenize(self, texts, is_tokenized: bool = False) -> list[Tokenized]:
@@ -183,16 +221,10 @@ class Encoder:
         return result.numpy().astype(cfg.dtype, copy=False)
 
     def _embed_batch(self, ids: list[list[int]], type_ids: list[list[int]], out_len: int) -> torch.Tensor:
-        length = max(len(x) for x in ids)
-        pad = self.tokenizer.pad_id
-        input_ids = torch.full((len(ids), length), pad, dtype=torch.long)
-        types = torch.zeros((len(ids), length), dtype=torch.long)
-        mask = torch.zeros((len(ids), length), dtype=torch.long)
-        for row, (x, t) in enumerate(zip(ids, type_ids)):
-            input_ids[row, :len(x)] = torch.tensor(x)
-            types[row, :len(t)] = torch.tensor(t)
-            mask[row, :len(x)] = 1
-        hidden, pooled = self.backend.forward(input_ids, mask, types if self.use_type_ids else None)
+        batch = pad_batch(ids, self.tokenizer.pad_id, type_ids if self.use_type_ids else None)
+        input_ids, mask = batch["input_ids"], batch["attention_mask"]
+        length = input_ids.shape[1]
+        hidden, pooled = self.backend.forward(input_ids, mask, batch.get("token_type_ids"))
         h = torch.cat([hidden[i] for i in self._hidden_indices], dim=-1).float()
         content = None
         if self.config.mask_cls_sep:

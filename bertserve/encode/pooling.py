@@ -7,18 +7,8 @@ from __future__ import annotations
 
 import torch
 
-ALIASES = {"CLS_TOKEN": "FIRST_TOKEN", "SEP_TOKEN": "LAST_TOKEN"}
-STRATEGIES = ("REDUCE_MEAN", "REDUCE_MAX", "REDUCE_MEAN_MAX", "FIRST_TOKEN", "CLS_TOKEN", "LAST_TOKEN",
-              "SEP_TOKEN", "CLS_POOLED", "NONE", "REDUCE_MEAN_SQRT_LEN")
-
-
-def canonical_pooling(name: str) -> str:
-    """The canonical upper-case name of a pooling strategy; ValueError listing the valid ones otherwise."""
-    if not isinstance(name, str) or name.upper() not in STRATEGIES:
-        raise ValueError(f"unknown pooling {name!r}; valid: {', '.join(STRATEGIES)}")
-    upper = name.upper()
-    return ALIASES.get(upper, upper)
-
+from bertserve.encode.config import ALIASES, STRATEGIES, canonical_pooling  # noqa: F401 (re-exported)
+from bertserve.errors import BadInput
 
 def width_factor(strategy: str) -> int:
     return 2 if strategy == "REDUCE_MEAN_MAX" else 1
@@ -57,4 +47,4 @@ def pool(strategy: str, hidden: torch.Tensor, attention_mask: torch.Tensor, cont
         return masked_max
     if strategy == "REDUCE_MEAN_MAX":
         return torch.cat([(hidden * m).sum(1) / count, masked_max], dim=-1)
-    raise ValueError(f"unknown pooling {strategy!r}")
+    raise BadInput(f"unknown pooling {strategy!r}")

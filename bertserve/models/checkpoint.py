@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bertserve.errors import BadInput
+
 log = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -31,7 +33,7 @@ _ST_POOLING_MODES = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BadInput):
     """A model folder that cannot be used: missing, partial, corrupt, or of a kind we do not load."""
 
 

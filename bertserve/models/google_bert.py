@@ -16,11 +16,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from bertserve.settings import cache_dir
-
 import numpy as np
 
-from bertserve.models.tf_checkpoint import CheckpointError, TensorBundle, find_checkpoint_prefix
+from bertserve.errors import MissingFile
+from bertserve.models.tf_checkpoint import (
+    CheckpointError,
+    TensorBundle,
+    find_checkpoint_prefix,
+)
+from bertserve.settings import cache_dir
 
 CONFIG_FILE = "bert_config.json"
 VOCAB_FILE = "vocab.txt"
@@ -52,7 +56,7 @@ def read_bert_config(folder: str | Path):
 
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: a Google BERT folder needs {CONFIG_FILE}")
+        raise MissingFile(f"{path} not found: a Google BERT folder needs {CONFIG_FILE}")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -137,11 +141,11 @@ def convert_tf_checkpoint(folder: str | Path, out_folder: str | Path, do_lower_c
 
     folder, out = Path(folder), Path(out_folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"checkpoint folder {folder} not found")
+        raise MissingFile(f"checkpoint folder {folder} not found")
     config = read_bert_config(folder)
     vocab = folder / VOCAB_FILE
     if not vocab.is_file():
-        raise FileNotFoundError(f"{vocab} not found: a Google BERT folder needs {VOCAB_FILE}")
+        raise MissingFile(f"{vocab} not found: a Google BERT folder needs {VOCAB_FILE}")
     n_vocab = sum(1 for _ in vocab.open(encoding="utf-8"))
     if n_vocab > config.vocab_size:
         raise CheckpointError(f"{vocab} has {n_vocab} entries, more than vocab_size {config.vocab_size}")
@@ -184,7 +188,7 @@ def ensure_converted(folder: str | Path, cache_dir: str | Path | None = None,
     """The HF folder converted from Google BERT folder `folder`, converting only if not cached yet."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"checkpoint folder {folder} not found")
+        raise MissingFile(f"checkpoint folder {folder} not found")
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = cache / f"{folder.resolve().name}-{_cache_key(folder, do_lower_case)}"
     if (target / SOURCE_FILE).is_file():

@@ -14,7 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bertserve.models.checkpoint import CheckpointError  # one error type for every unusable checkpoint
+from bertserve.errors import MissingFile, NotFound
+from bertserve.models.checkpoint import (
+    CheckpointError,  # one error type for every unusable checkpoint
+)
 from bertserve.models.crc32c import crc32c, unmask
 
 _TABLE_MAGIC = 0xDB4775248B80FB57
@@ -177,7 +180,7 @@ class TensorBundle:
         self.verify = verify
         index = self.prefix.with_name(self.prefix.name + ".index")
         if not index.is_file():
-            raise FileNotFoundError(f"checkpoint index {index} not found")
+            raise MissingFile(f"checkpoint index {index} not found")
         items = iter(_table_items(index))
         key, header = next(items, (None, None))
         if key != b"":
@@ -204,7 +207,7 @@ class TensorBundle:
         for i in range(self.num_shards):
             p = self.shard_path(i)
             if not p.is_file():
-                raise FileNotFoundError(f"checkpoint data shard {p} not found ({self.num_shards} expected)")
+                raise MissingFile(f"checkpoint data shard {p} not found ({self.num_shards} expected)")
             sizes[i] = p.stat().st_size
         for e in self.entries.values():
             if e.shard_id not in sizes:
@@ -223,7 +226,7 @@ class TensorBundle:
         """The tensor as a numpy array (bfloat16 widened to float32; strings are not supported)."""
         e = self.entries.get(name)
         if e is None:
-            raise KeyError(f"no tensor {name!r} in checkpoint {self.prefix}")
+            raise NotFound(f"no tensor {name!r} in checkpoint {self.prefix}")
         if e.dtype == "string":
             raise CheckpointError(f"tensor {name!r} holds strings, which this reader does not decode")
         count = int(np.prod(e.shape, dtype=np.int64))
@@ -262,6 +265,6 @@ def find_checkpoint_prefix(folder: str | Path) -> Path:
     if len(indexes) == 1:
         return indexes[0].with_suffix("")
     if not indexes:
-        raise FileNotFoundError(f"no TensorFlow checkpoint index (*.index, e.g. bert_model.ckpt.index) in {folder}")
+        raise MissingFile(f"no TensorFlow checkpoint index (*.index, e.g. bert_model.ckpt.index) in {folder}")
     names = ", ".join(p.name for p in indexes)
     raise CheckpointError(f"{folder} holds several checkpoints ({names}) and no `checkpoint` file naming one")

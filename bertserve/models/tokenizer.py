@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from bertserve.errors import BadInput, BadInputType
+
 PAIR_SEPARATOR = "|||"
 LONG_TEXT_MODES = ("truncate", "chunk")
 
@@ -46,7 +48,7 @@ def _find(seq: list[int], sub: list[int], start: int = 0) -> int:
     for i in range(start, len(seq) - len(sub) + 1):
         if seq[i:i + len(sub)] == sub:
             return i
-    raise ValueError("the tokenizer's special-token template could not be worked out")
+    raise BadInput("the tokenizer's special-token template could not be worked out")
 
 
 def _probe_template(backend) -> _Template:
@@ -88,7 +90,7 @@ class TextTokenizer:
         from tokenizers import Tokenizer
 
         if long_text not in LONG_TEXT_MODES:
-            raise ValueError(f"long_text must be one of {LONG_TEXT_MODES}, got {long_text!r}")
+            raise BadInput(f"long_text must be one of {LONG_TEXT_MODES}, got {long_text!r}")
         self.hf_tokenizer = hf_tokenizer
         # A private copy: tokenizer.json files often switch on their own truncation and padding.
         self.backend = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
@@ -99,11 +101,11 @@ class TextTokenizer:
         self.long_text = long_text
         window = max_len - self.template.single_specials
         if window < 1:
-            raise ValueError(f"max_seq_len {max_len} leaves no room for text after the special tokens")
+            raise BadInput(f"max_seq_len {max_len} leaves no room for text after the special tokens")
         self.window = window
         self.overlap = window // 4 if chunk_overlap is None else chunk_overlap
         if not 0 <= self.overlap < window:
-            raise ValueError(f"chunk_overlap must be in [0, {window}), got {self.overlap}")
+            raise BadInput(f"chunk_overlap must be in [0, {window}), got {self.overlap}")
         self.unk_id = hf_tokenizer.unk_token_id
         self.pad_id = hf_tokenizer.pad_token_id if hf_tokenizer.pad_token_id is not None else 0
 
@@ -111,20 +113,20 @@ class TextTokenizer:
     @staticmethod
     def _check_texts(texts, is_tokenized: bool) -> None:
         if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
-            raise TypeError(f"texts must be a list of {'token lists' if is_tokenized else 'strings'}, "
+            raise BadInputType(f"texts must be a list of {'token lists' if is_tokenized else 'strings'}, "
                             f"got {type(texts).__name__}")
         for i, t in enumerate(texts):
             if is_tokenized:
                 if isinstance(t, str) or not isinstance(t, Sequence) or not all(isinstance(w, str) for w in t):
-                    raise TypeError(f"texts[{i}] must be a list of token strings when is_tokenized=True, "
+                    raise BadInputType(f"texts[{i}] must be a list of token strings when is_tokenized=True, "
                                     f"got {type(t).__name__}")
                 if sum(w == PAIR_SEPARATOR for w in t) > 1:
-                    raise ValueError(f"texts[{i}] has more than one {PAIR_SEPARATOR!r}: a pair has two parts")
+                    raise BadInput(f"texts[{i}] has more than one {PAIR_SEPARATOR!r}: a pair has two parts")
             else:
                 if not isinstance(t, str):
-                    raise TypeError(f"texts[{i}] must be a string, got {type(t).__name__}")
+                    raise BadInputType(f"texts[{i}] must be a string, got {type(t).__name__}")
                 if t.count(PAIR_SEPARATOR) > 1:
-                    raise ValueError(f"texts[{i}] has more than one {PAIR_SEPARATOR!r}: a pair has two parts")
+                    raise BadInput(f"texts[{i}] has more than one {PAIR_SEPARATOR!r}: a pair has two parts")
 
     # -- content ids ----------------------------------------------------------------------------------
     def _ids_of_tokens(self, tokens: Sequence[str], index: int) -> list[int]:
@@ -133,7 +135,7 @@ class TextTokenizer:
             tid = self.backend.token_to_id(tok)
             if tid is None:
                 if self.unk_id is None:
-                    raise ValueError(f"texts[{index}]: token {tok!r} is not in the vocabulary and the model has no unknown token")
+                    raise BadInput(f"texts[{index}]: token {tok!r} is not in the vocabulary and the model has no unknown token")
                 tid = self.unk_id
             ids.append(tid)
         return ids

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from bertserve.encode.cli import add_encoder_arguments, encoder_config_from_args
+from bertserve.errors import BadInput
 
 INDEX_BATCH = 256
 MILVUS_HELP = ("use the Milvus collection named by the collection argument at this URI "
@@ -27,7 +28,7 @@ def read_records(path: str, fmt: str, id_field: str, text_field: str):
         rows = csv.DictReader(f) if fmt == "csv" else (_json_line(line, n) for n, line in enumerate(f) if line.strip())
         for n, row in enumerate(rows):
             if text_field not in row or not isinstance(row[text_field], str):
-                raise ValueError(f"record {n + 1} of {path} has no text field {text_field!r}")
+                raise BadInput(f"record {n + 1} of {path} has no text field {text_field!r}")
             item_id = str(row[id_field]) if row.get(id_field) not in (None, "") else str(n)
             meta = {k: v for k, v in row.items() if k not in (id_field, text_field)}
             yield item_id, row[text_field], meta
@@ -37,9 +38,9 @@ def _json_line(line: str, n: int) -> dict:
     try:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"line {n + 1} is not valid JSON: {exc}") from None
+        raise BadInput(f"line {n + 1} is not valid JSON: {exc}") from None
     if not isinstance(row, dict):
-        raise ValueError(f"line {n + 1} is not a JSON object")
+        raise BadInput(f"line {n + 1} is not a JSON object")
     return row
 
 
@@ -155,7 +156,7 @@ def _json_arg(value, flag):
     try:
         return json.loads(value)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{flag} is not valid JSON: {exc}") from None
+        raise BadInput(f"{flag} is not valid JSON: {exc}") from None
 
 
 def add_parser(subparsers) -> None:

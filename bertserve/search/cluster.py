@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from bertserve.errors import BadInput
+
 
 @dataclass
 class KMeansResult:
@@ -17,9 +19,9 @@ class KMeansResult:
 def kmeans(vectors: np.ndarray, k: int, niter: int = 20, seed: int = 1234, spherical: bool = False) -> KMeansResult:
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+        raise BadInput(f"k must be a positive integer, got {k!r}")
     if k > len(vectors):
-        raise ValueError(f"cannot make {k} clusters from {len(vectors)} vectors")
+        raise BadInput(f"cannot make {k} clusters from {len(vectors)} vectors")
     km = faiss.Kmeans(vectors.shape[1], k, niter=niter, seed=seed, spherical=spherical)
     km.train(vectors)
     _, labels = km.index.search(vectors, 1)
@@ -31,9 +33,9 @@ def fit_pca(vectors: np.ndarray, d_out: int) -> faiss.PCAMatrix:
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     d_in = vectors.shape[1]
     if isinstance(d_out, bool) or not isinstance(d_out, int) or not 0 < d_out <= d_in:
-        raise ValueError(f"PCA output dimension must be between 1 and {d_in}, got {d_out!r}")
+        raise BadInput(f"PCA output dimension must be between 1 and {d_in}, got {d_out!r}")
     if len(vectors) < d_out:
-        raise ValueError(f"PCA to {d_out} dimensions needs at least {d_out} vectors, got {len(vectors)}")
+        raise BadInput(f"PCA to {d_out} dimensions needs at least {d_out} vectors, got {len(vectors)}")
     pca = faiss.PCAMatrix(d_in, d_out)
     pca.train(vectors)
     return pca

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import faiss
 import numpy as np
 
-from bertserve.errors import Conflict
+from bertserve.errors import AlreadyExists, BadInput, Conflict, MissingFile, NotFound
 from bertserve.search import fusion as fusions
 from bertserve.search import spec as specs
 from bertserve.search.bm25 import BM25Config, BM25Index, write_snapshot
@@ -33,7 +33,13 @@ from bertserve.search.cluster import KMeansResult, fit_pca, kmeans
 from bertserve.search.embed import Embedder, VectorInput
 from bertserve.search.engine import VectorIndex, calibrate, file_sha256, fsync_dir
 from bertserve.search.filters import compile_filter
-from bertserve.search.inputs import check_ids, check_k, check_metadata, check_texts, prepare_add
+from bertserve.search.inputs import (
+    check_ids,
+    check_k,
+    check_metadata,
+    check_texts,
+    prepare_add,
+)
 from bertserve.search.store import Store
 
 log = logging.getLogger("bertserve.search")
@@ -97,15 +103,15 @@ class Collection(VectorInput):
         path = Path(path)
         bm25_config = BM25Config.of(bm25)
         if (path / CONFIG).exists():
-            raise FileExistsError(f"a collection already exists at {path}")
+            raise AlreadyExists(f"a collection already exists at {path}")
         spec = specs.IndexSpec(index, metric, params or {}, memory_budget)
         embedder = Embedder(encoder, None)
         if dim is None:
             if encoder is None:
-                raise ValueError("give an encoder or dim= to create a collection")
+                raise BadInput("give an encoder or dim= to create a collection")
             dim = embedder.dim()
         if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
-            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+            raise BadInput(f"dim must be a positive integer, got {dim!r}")
         if spec.factory != "auto":
             specs.build_index(spec.factory, dim, metric)  # fail now on a bad factory string
         config = {"format_version": FORMAT_VERSION, "dim": dim, "metric": metric, "index": spec.factory,
@@ -126,15 +132,15 @@ class Collection(VectorInput):
         try:
             config = json.loads((path / CONFIG).read_text())
         except FileNotFoundError:
-            raise FileNotFoundError(f"no collection at {path}") from None
+            raise MissingFile(f"no collection at {path}") from None
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path / CONFIG} is not valid JSON: {exc}") from None
+            raise BadInput(f"{path / CONFIG} is not valid JSON: {exc}") from None
         version = config.get("format_version")
         if version != FORMAT_VERSION:
-            raise ValueError(f"collection {path} has format version {version}; this bertserve reads {FORMAT_VERSION}")
+            raise BadInput(f"collection {path} has format version {version}; this bertserve reads {FORMAT_VERSION}")
         if not (path / "store.sqlite").exists():
             # never silently start an empty store under an existing collection
-            raise FileNotFoundError(f"collection {path} has lost its store.sqlite (its items); restore it from a backup")
+            raise MissingFile(f"collection {path} has lost its store.sqlite (its items); restore it from a backup")
         return cls(path, config, encoder)
 
     def close(self):
@@ -193,10 +199,10 @@ class Collection(VectorInput):
             self._check_open()
             missing = sorted(set(ids) - set(self.store.existing(ids)))
             if missing:
-                raise KeyError(f"ids not in the collection: {missing[:10]}")
+                raise NotFound(f"ids not in the collection: {missing[:10]}")
             if texts is None and vectors is None:
                 if metadata is None:
-                    raise ValueError("update needs texts, vectors or metadata")
+                    raise BadInput("update needs texts, vectors or metadata")
                 self.store.set_meta(ids, check_metadata(metadata, len(ids)))
                 return
             n = len(ids)
@@ -468,7 +474,7 @@ class Collection(VectorInput):
     # ---- internals -----------------------------------------------------------------------------------
     def _check_open(self):
         if self.store is None:
-            raise ValueError(f"collection {self.path} is closed")
+            raise BadInput(f"collection {self.path} is closed")
 
     def _target_factory(self, n: int) -> str:
         if self.spec.factory != "auto":
@@ -596,5 +602,5 @@ def _lock_folder(path: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise RuntimeError(f"collection {path} is already open (in this or another process)") from None
+        raise Conflict(f"collection {path} is already open (in this or another process)") from None
     return fd

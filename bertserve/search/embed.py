@@ -10,19 +10,24 @@ import json
 
 import numpy as np
 
+from bertserve.errors import BadInput, BadInputType
+
 
 class Embedder:
     def __init__(self, encoder=None, saved_config: dict | None = None):
         if encoder is not None and not (hasattr(encoder, "encode") or callable(encoder)):
-            raise TypeError("encoder must be an Encoder or a callable embed(texts) -> ndarray")
+            raise BadInputType("encoder must be an Encoder or a callable embed(texts) -> ndarray")
         self.encoder = encoder
         self.saved_config = saved_config
 
     def _function(self):
         if self.encoder is None:
             if not self.saved_config:
-                raise ValueError("this collection has no encoder: pass vectors=, or open it with encoder=")
-            from bertserve.encode import Encoder, EncoderConfig  # only collections of texts need the model stack
+                raise BadInput("this collection has no encoder: pass vectors=, or open it with encoder=")
+            from bertserve.encode import (  # only collections of texts need the model stack
+                Encoder,
+                EncoderConfig,
+            )
 
             self.encoder = Encoder(config=EncoderConfig.from_dict(self.saved_config))
         return self.encoder.encode if hasattr(self.encoder, "encode") else self.encoder
@@ -30,7 +35,7 @@ class Embedder:
     def embed(self, texts: list[str]) -> np.ndarray:
         vectors = np.asarray(self._function()(list(texts)), dtype=np.float32)
         if vectors.ndim != 2 or len(vectors) != len(texts):
-            raise ValueError(f"the encoder returned shape {vectors.shape} for {len(texts)} texts; "
+            raise BadInput(f"the encoder returned shape {vectors.shape} for {len(texts)} texts; "
                              "a collection needs one pooled vector per text")
         return vectors
 
@@ -65,29 +70,29 @@ class VectorInput:
             return True, self._check_vectors(arr[None, :])
         if arr.ndim == 2 and len(arr):
             return False, self._check_vectors(arr)
-        raise ValueError("query must be a text, a list of texts, a vector or a 2-D array of vectors")
+        raise BadInput("query must be a text, a list of texts, a vector or a 2-D array of vectors")
 
     def _vectors_for(self, texts, vectors) -> np.ndarray:
         if vectors is not None:
             return self._check_vectors(vectors)
         if texts is None:
-            raise ValueError("give texts or vectors")
+            raise BadInput("give texts or vectors")
         return self._check_vectors(self.embedder.embed(texts))
 
     def _check_vectors(self, vectors) -> np.ndarray:
         try:
             arr = np.asarray(vectors, dtype=np.float32)
         except (TypeError, ValueError):
-            raise ValueError("vectors must be numeric arrays") from None
+            raise BadInput("vectors must be numeric arrays") from None
         if arr.ndim != 2 or arr.shape[1] != self.dim:
-            raise ValueError(f"vectors must have shape (n, {self.dim}), got {arr.shape}")
+            raise BadInput(f"vectors must have shape (n, {self.dim}), got {arr.shape}")
         bad = ~np.isfinite(arr).all(axis=1)
         if bad.any():
-            raise ValueError(f"vectors contain NaN or inf (rows {np.flatnonzero(bad)[:10].tolist()})")
+            raise BadInput(f"vectors contain NaN or inf (rows {np.flatnonzero(bad)[:10].tolist()})")
         arr = np.ascontiguousarray(arr)
         if self.metric == "cosine":
             norms = np.linalg.norm(arr, axis=1, keepdims=True)
             if (norms == 0).any():
-                raise ValueError(f"zero vectors have no cosine (rows {np.flatnonzero(norms[:, 0] == 0)[:10].tolist()})")
+                raise BadInput(f"zero vectors have no cosine (rows {np.flatnonzero(norms[:, 0] == 0)[:10].tolist()})")
             arr = arr / norms
         return arr

@@ -15,6 +15,7 @@ from typing import Callable
 import faiss
 import numpy as np
 
+from bertserve.errors import BadInput
 from bertserve.search import spec as specs
 
 # A filter this selective is answered by an exact scan of the matching vectors: cheaper than
@@ -176,13 +177,13 @@ class VectorIndex:
     def load(cls, path: Path, sha256: str, factory: str, dim: int, metric: str) -> "VectorIndex":
         """Read a saved index; raises OSError/ValueError when it is missing, altered or unreadable."""
         if file_sha256(path) != sha256:
-            raise ValueError(f"checksum mismatch for {path.name}")
+            raise BadInput(f"checksum mismatch for {path.name}")
         with open(path, "rb") as f:
             data = np.load(f)
             slots = np.load(f)
         index = faiss.deserialize_index(data)
         if index.d != dim:
-            raise ValueError(f"{path.name} holds dimension {index.d}, expected {dim}")
+            raise BadInput(f"{path.name} holds dimension {index.d}, expected {dim}")
         return cls(factory, dim, metric, index=index, slots=slots)
 
 

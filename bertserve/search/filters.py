@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import math
 
+from bertserve.errors import BadInput
+
 COMPARE = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 OPERATORS = {"$eq", "$ne", "$in", "$nin", "$exists", *COMPARE}
 LOGICAL = {"$and", "$or", "$nor"}
 MAX_DEPTH = 32
 
 
-class FilterError(ValueError):
+class FilterError(BadInput):
     """A malformed filter; the message names the offending part."""
 
 

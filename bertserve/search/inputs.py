@@ -6,12 +6,14 @@ import uuid
 
 import numpy as np
 
+from bertserve.errors import BadInput
+
 
 def count_items(texts, vectors) -> int:
     if vectors is not None:
         return len(vectors)
     if texts is None:
-        raise ValueError("give texts or vectors")
+        raise BadInput("give texts or vectors")
     return len(texts)
 
 
@@ -27,34 +29,34 @@ def prepare_add(col, texts, ids, metadata, vectors) -> tuple[list[str], list | N
 
 def check_k(k):
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+        raise BadInput(f"k must be a positive integer, got {k!r}")
 
 
 def check_texts(texts, n):
     if texts is None:
         return None
     if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-        raise ValueError("texts must be a list of strings")
+        raise BadInput("texts must be a list of strings")
     if len(texts) != n:
-        raise ValueError(f"got {len(texts)} texts for {n} vectors")
+        raise BadInput(f"got {len(texts)} texts for {n} vectors")
     return list(texts)
 
 
 def check_ids(ids, n, unique=True) -> list[str]:
     if isinstance(ids, str) or not isinstance(ids, (list, tuple, np.ndarray)):
-        raise ValueError("ids must be a list of strings")
+        raise BadInput("ids must be a list of strings")
     ids = list(ids)
     if not all(isinstance(i, str) and i for i in ids):
-        raise ValueError("ids must be non-empty strings")
+        raise BadInput("ids must be non-empty strings")
     if n is not None and len(ids) != n:
-        raise ValueError(f"got {len(ids)} ids for {n} items")
+        raise BadInput(f"got {len(ids)} ids for {n} items")
     if unique and len(set(ids)) != len(ids):
         seen, dup = set(), []
         for i in ids:
             if i in seen:
                 dup.append(i)
             seen.add(i)
-        raise ValueError(f"duplicate ids in one call: {sorted(set(dup))[:10]}")
+        raise BadInput(f"duplicate ids in one call: {sorted(set(dup))[:10]}")
     return ids
 
 
@@ -62,7 +64,7 @@ def check_metadata(metadata, n) -> list[str]:
     if metadata is None:
         return ["{}"] * n
     if isinstance(metadata, dict) or len(metadata) != n:
-        raise ValueError(f"metadata must be a list of {n} objects (one per item)")
+        raise BadInput(f"metadata must be a list of {n} objects (one per item)")
     return [dump_meta(m) for m in metadata]
 
 
@@ -71,12 +73,12 @@ def dump_meta(meta) -> str:
     if meta is None:
         return "{}"
     if not isinstance(meta, dict):
-        raise ValueError(f"metadata must be a JSON object (dict), got {type(meta).__name__}")
+        raise BadInput(f"metadata must be a JSON object (dict), got {type(meta).__name__}")
     for key in meta:
         if not isinstance(key, str):
-            raise ValueError(f"metadata keys must be strings, got {key!r}")
+            raise BadInput(f"metadata keys must be strings, got {key!r}")
     try:
         return json.dumps(meta, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"metadata is not JSON-serializable: {exc}") from None
+        raise BadInput(f"metadata is not JSON-serializable: {exc}") from None
 

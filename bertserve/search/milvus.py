@@ -21,12 +21,18 @@ import math
 
 import numpy as np
 
-from bertserve.errors import BadInput, Conflict, Unavailable
+from bertserve.errors import AlreadyExists, BadInput, Conflict, MissingFile, NotFound, Unavailable
 from bertserve.search import fusion as fusions
 from bertserve.search.collection import Hit, Item
-from bertserve.search.inputs import check_ids, check_k, check_metadata, check_texts, prepare_add
 from bertserve.search.embed import Embedder, VectorInput
 from bertserve.search.filters import COMPARE, FilterError, walk
+from bertserve.search.inputs import (
+    check_ids,
+    check_k,
+    check_metadata,
+    check_texts,
+    prepare_add,
+)
 
 CONFIG_PROPERTY = "bertserve.config"
 FORMAT_VERSION = 1
@@ -67,21 +73,21 @@ class MilvusCollection(VectorInput):
 
         _check_name(name)
         if metric not in METRICS:
-            raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
+            raise BadInput(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
         if index not in INDEXES:
-            raise ValueError(f"index must be one of {sorted(INDEXES)}, got {index!r}")
+            raise BadInput(f"index must be one of {sorted(INDEXES)}, got {index!r}")
         embedder = Embedder(encoder, None)
         if dim is None:
             if encoder is None:
-                raise ValueError("give an encoder or dim= to create a collection")
+                raise BadInput("give an encoder or dim= to create a collection")
             dim = embedder.dim()
         if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
-            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+            raise BadInput(f"dim must be a positive integer, got {dim!r}")
         analyzer = milvus_analyzer(bm25)
         client = _client(uri)
         try:
             if client.has_collection(name):
-                raise FileExistsError(f"a collection {name!r} already exists at {uri}")
+                raise AlreadyExists(f"a collection {name!r} already exists at {uri}")
             schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
             schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=ID_MAX)
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
@@ -126,14 +132,14 @@ class MilvusCollection(VectorInput):
         client = _client(uri)
         try:
             if not client.has_collection(name):
-                raise FileNotFoundError(f"no collection {name!r} at {uri}")
+                raise MissingFile(f"no collection {name!r} at {uri}")
             desc = client.describe_collection(name)
             raw = (desc.get("properties") or {}).get(CONFIG_PROPERTY)
             if raw is None:
-                raise ValueError(f"Milvus collection {name!r} at {uri} was not created by bertserve")
+                raise BadInput(f"Milvus collection {name!r} at {uri} was not created by bertserve")
             config = json.loads(raw)
             if config.get("format_version") != FORMAT_VERSION:
-                raise ValueError(f"collection {name!r} has format version {config.get('format_version')}; "
+                raise BadInput(f"collection {name!r} has format version {config.get('format_version')}; "
                                  f"this bertserve reads {FORMAT_VERSION}")
             dim = next(f["params"]["dim"] for f in desc["fields"] if f["name"] == "vector")
             client.load_collection(name)
@@ -160,7 +166,7 @@ class MilvusCollection(VectorInput):
         rows = self._rows(ids, texts, metas, vectors)
         present = self._existing(ids)  # Milvus itself would keep both rows under one primary key
         if present:
-            raise ValueError(f"ids already in the collection: {sorted(present)[:10]}")
+            raise BadInput(f"ids already in the collection: {sorted(present)[:10]}")
         self._open().insert(self.name, rows)
         return ids
 
@@ -176,11 +182,11 @@ class MilvusCollection(VectorInput):
         ids = check_ids(ids, None)
         n = len(ids)
         if texts is None and vectors is None and metadata is None:
-            raise ValueError("update needs texts, vectors or metadata")
+            raise BadInput("update needs texts, vectors or metadata")
         old = {item.id: item for item in self.get(ids) if item is not None}
         missing = [i for i in ids if i not in old]
         if missing:
-            raise KeyError(f"ids not in the collection: {missing[:10]}")
+            raise NotFound(f"ids not in the collection: {missing[:10]}")
         new_texts = check_texts(texts, n)
         if texts is None and vectors is None:
             new_vectors = np.stack([old[i].vector for i in ids])
@@ -209,7 +215,7 @@ class MilvusCollection(VectorInput):
         expr = compile_milvus(filter) if filter is not None else ""
         fields = [f for f, on in (("text", include_text), ("metadata", include_metadata)) if on]
         if params is not None and not isinstance(params, dict):
-            raise ValueError("params must be an object such as {\"ef\": 64} or {\"nprobe\": 16}")
+            raise BadInput("params must be an object such as {\"ef\": 64} or {\"nprobe\": 16}")
         found = self._open().search(self.name, data=queries.tolist(), limit=int(k), filter=expr,
                                     output_fields=fields or ["id"],
                                     search_params={"metric_type": METRICS[self.metric],
@@ -293,7 +299,7 @@ class MilvusCollection(VectorInput):
     # ---- internals -----------------------------------------------------------------------------------
     def _open(self):
         if self.client is None:
-            raise ValueError(f"collection {self.name!r} at {self.uri} is closed")
+            raise BadInput(f"collection {self.name!r} at {self.uri} is closed")
         return self.client
 
     def _existing(self, ids: list[str]) -> set[str]:
@@ -307,10 +313,10 @@ class MilvusCollection(VectorInput):
     def _rows(ids, texts, metas: list[str], vectors: np.ndarray) -> list[dict]:
         for i in ids:
             if len(i.encode()) > ID_MAX:
-                raise ValueError(f"ids are limited to {ID_MAX} UTF-8 bytes in Milvus: {i[:40]!r}...")
+                raise BadInput(f"ids are limited to {ID_MAX} UTF-8 bytes in Milvus: {i[:40]!r}...")
         for t in texts or ():
             if t is not None and len(t.encode()) > TEXT_MAX:
-                raise ValueError(f"texts are limited to {TEXT_MAX} UTF-8 bytes in Milvus: {t[:40]!r}...")
+                raise BadInput(f"texts are limited to {TEXT_MAX} UTF-8 bytes in Milvus: {t[:40]!r}...")
         texts = texts if texts is not None else [None] * len(ids)
         return [{"id": i, "vector": v, "text": t, "metadata": json.loads(m)}
                 for i, t, m, v in zip(ids, texts, metas, vectors.tolist())]
@@ -358,7 +364,7 @@ def _check_name(name):
     # Milvus's own rule for collection names; checked here for a clear message before any connection
     if not isinstance(name, str) or not name or len(name) > 255 or not (name[0].isalpha() or name[0] == "_") \
             or not all(c.isascii() and (c.isalnum() or c == "_") for c in name):
-        raise ValueError(f"a Milvus collection name is letters, digits and _ (not first: a digit), got {name!r}")
+        raise BadInput(f"a Milvus collection name is letters, digits and _ (not first: a digit), got {name!r}")
 
 
 # ---- filters as Milvus expressions ----------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """HTTP routes for collections under /collections: a translation of requests into Collection calls.
 
-Every error leaves as JSON `{"error": {"message", "type"}}` with a 4xx status, whatever app mounts the
-router (the route class converts exceptions itself). Query and document texts are embedded by the
-callable the server passes in, so they go through its batcher.
+Errors are bertserve.errors classes, answered by the app's handlers (bertserve.serve.errors) like every
+other route's. Query and document texts are embedded by the encoder the server passes in, so they go
+through its batcher.
 """
 from __future__ import annotations
 
@@ -12,62 +12,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
+from bertserve.errors import AlreadyExists, BadInput, NotFound
 from bertserve.search.collection import CONFIG, Collection
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-
-
-class CollectionError(Exception):
-    def __init__(self, status: int, kind: str, message: str):
-        super().__init__(message)
-        self.status, self.kind = status, kind
-
-
-def error_response(status: int, kind: str, message: str) -> JSONResponse:
-    # the same shape as the server's own errors (bertserve.serve.errors)
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
-
-
-# exception class -> (HTTP status, error type); first match wins
-ERRORS = [
-    (FileNotFoundError, 404, "not_found"),
-    (KeyError, 404, "not_found"),
-    (FileExistsError, 409, "conflict"),
-    (RuntimeError, 409, "conflict"),
-    (ValueError, 400, "invalid_request_error"),
-    (TypeError, 400, "invalid_request_error"),
-]
-
-
-class JSONErrorRoute(APIRoute):
-    """Turns body-validation failures and Collection exceptions into the project's JSON errors."""
-
-    def get_route_handler(self):
-        handler = super().get_route_handler()
-
-        async def run(request: Request):
-            try:
-                return await handler(request)
-            except RequestValidationError as exc:
-                first = exc.errors()[0] if exc.errors() else {}
-                where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-                return error_response(400, "invalid_request_error", f"{where}: {first.get('msg', 'invalid body')}")
-            except CollectionError as exc:
-                return error_response(exc.status, exc.kind, str(exc))
-            except Exception as exc:
-                for cls, status, kind in ERRORS:
-                    if isinstance(exc, cls):
-                        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-                        return error_response(status, kind, str(message))
-                raise
-
-        return run
 
 
 class Body(BaseModel):
@@ -123,12 +74,11 @@ class Registry:
 
     def path(self, name: str) -> Path:
         if not isinstance(name, str) or not NAME.fullmatch(name) or ".." in name:
-            raise CollectionError(400, "invalid_request_error",
-                                  f"invalid collection name {name!r}: use letters, digits, '.', '_' or '-' "
+            raise BadInput(f"invalid collection name {name!r}: use letters, digits, '.', '_' or '-' "
                                   "(at most 100), starting with a letter or digit")
         path = (self.root / name).resolve()
         if path.parent != self.root:
-            raise CollectionError(400, "invalid_request_error", f"collection name {name!r} leaves the data folder")
+            raise BadInput(f"collection name {name!r} leaves the data folder")
         return path
 
     def get(self, name: str) -> Collection:
@@ -136,7 +86,7 @@ class Registry:
         with self.lock:
             if name not in self.open:
                 if not (path / CONFIG).exists():
-                    raise CollectionError(404, "not_found", f"no collection named {name!r}")
+                    raise NotFound(f"no collection named {name!r}")
                 self.open[name] = Collection.open(path, encoder=self.embed)
             return self.open[name]
 
@@ -144,9 +94,9 @@ class Registry:
         path = self.path(body.name)
         with self.lock:
             if (path / CONFIG).exists():
-                raise CollectionError(409, "conflict", f"collection {body.name!r} already exists")
+                raise AlreadyExists(f"collection {body.name!r} already exists")
             if body.dim is None and self.embed is None:
-                raise CollectionError(400, "invalid_request_error", "give dim: this server has no encoder")
+                raise BadInput("give dim: this server has no encoder")
             col = Collection.create(path, encoder=self.embed, dim=body.dim, index=body.index, metric=body.metric,
                                     params=body.params, memory_budget=body.memory_budget, bm25=body.bm25)
             self.open[body.name] = col
@@ -181,7 +131,7 @@ def make_router(data_dir, encoder_or_embed_fn=None) -> APIRouter:
     """Routes for collections stored under `data_dir`; texts are embedded with the given Encoder or
     `embed(texts) -> ndarray` callable. `router.registry.close()` saves and closes them at shutdown."""
     reg = Registry(data_dir, encoder_or_embed_fn)
-    router = APIRouter(prefix="/collections", route_class=JSONErrorRoute, tags=["collections"])
+    router = APIRouter(prefix="/collections", tags=["collections"])
     router.registry = reg
 
     @router.post("", status_code=201)
@@ -209,17 +159,17 @@ def make_router(data_dir, encoder_or_embed_fn=None) -> APIRouter:
     @router.post("/{name}/update")
     def update(name: str, body: ItemsBody):
         if body.ids is None:
-            raise CollectionError(400, "invalid_request_error", "update needs ids")
+            raise BadInput("update needs ids")
         reg.get(name).update(body.ids, texts=body.texts, vectors=body.vectors, metadata=body.metadata)
         return {"updated": len(body.ids)}
 
     @router.post("/{name}/search")
     def search(name: str, body: SearchBody):
         if (body.query is None) == (body.vector is None):
-            raise CollectionError(400, "invalid_request_error", "give exactly one of query (text) or vector")
+            raise BadInput("give exactly one of query (text) or vector")
         query = body.query if body.query is not None else body.vector
         if isinstance(query, list) and not query:
-            raise CollectionError(400, "invalid_request_error", "query list is empty")
+            raise BadInput("query list is empty")
         hits = reg.get(name).search(query, k=body.k, filter=body.filter, params=body.params,
                                     include_text=body.include_text, include_metadata=body.include_metadata,
                                     mode=body.mode, fusion=body.fusion, rrf_k=body.rrf_k, weights=body.weights,

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import faiss
 
+from bertserve.errors import BadInput, BadInputType
+
 METRICS = {"cosine": faiss.METRIC_INNER_PRODUCT, "ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 SEARCH_PARAMS = ("nprobe", "efSearch", "k_factor")
 
@@ -37,12 +39,12 @@ class IndexSpec:
 
     def __post_init__(self):
         if self.metric not in METRICS:
-            raise ValueError(f"unknown metric {self.metric!r}; expected one of {sorted(METRICS)}")
+            raise BadInput(f"unknown metric {self.metric!r}; expected one of {sorted(METRICS)}")
         if not isinstance(self.factory, str) or not self.factory.strip():
-            raise ValueError("index spec must be a non-empty Faiss factory string or 'auto'")
+            raise BadInput("index spec must be a non-empty Faiss factory string or 'auto'")
         self.params = check_params(self.params)
         if self.memory_budget is not None and (not isinstance(self.memory_budget, int) or self.memory_budget <= 0):
-            raise ValueError("memory_budget must be a positive number of bytes")
+            raise BadInput("memory_budget must be a positive number of bytes")
 
 
 def check_params(params: dict | None) -> dict:
@@ -50,13 +52,13 @@ def check_params(params: dict | None) -> dict:
     if params is None:
         return {}
     if not isinstance(params, dict):
-        raise ValueError("search params must be a mapping like {'nprobe': 16}")
+        raise BadInput("search params must be a mapping like {'nprobe': 16}")
     out = {}
     for name, value in params.items():
         if name not in SEARCH_PARAMS:
-            raise ValueError(f"unknown search parameter {name!r}; expected one of {list(SEARCH_PARAMS)}")
+            raise BadInput(f"unknown search parameter {name!r}; expected one of {list(SEARCH_PARAMS)}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"search parameter {name} must be a positive number, got {value!r}")
+            raise BadInput(f"search parameter {name} must be a positive number, got {value!r}")
         out[name] = float(value) if name == "k_factor" else int(value)
     return out
 
@@ -64,13 +66,13 @@ def check_params(params: dict | None) -> dict:
 def build_index(factory: str, dim: int, metric: str) -> faiss.Index:
     """Make an empty Faiss index; an invalid factory string becomes a ValueError naming it."""
     if factory == "auto":
-        raise ValueError("'auto' must be resolved with auto_factory() before building")
+        raise BadInput("'auto' must be resolved with auto_factory() before building")
     try:
         index = faiss.index_factory(int(dim), factory, METRICS[metric])
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[-1]
         reason = reason.split("Error: ", 1)[-1]
-        raise ValueError(f"invalid index spec {factory!r} for dim {dim}: {reason}") from None
+        raise BadInput(f"invalid index spec {factory!r} for dim {dim}: {reason}") from None
     for part in _parts(index):
         # index_factory turns polysemous training on for PQ; it multiplies training time for no gain
         # in plain ADC search (seen: 44 s vs 7.7 s on 69k vectors).
@@ -225,7 +227,7 @@ def search_parameters(index: faiss.Index, params: dict, sel: faiss.IDSelector | 
             p.sel = sel
         else:
             if sel is not None:
-                raise TypeError(f"{type(part).__name__} cannot filter by id inside Faiss")
+                raise BadInputType(f"{type(part).__name__} cannot filter by id inside Faiss")
             return None
         keep.append(p)
         return p

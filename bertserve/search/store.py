@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bertserve.errors import BadInput
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     iid  INTEGER PRIMARY KEY,      -- internal id: never reused, the label Faiss sees (or maps to)
@@ -75,7 +77,7 @@ class Store:
                 self.db.executemany("INSERT INTO items(iid, id, text, meta, vec) VALUES (?,?,?,?,?)", rows)
             except sqlite3.IntegrityError:
                 dup = self.existing(list(ids))
-                raise ValueError(f"ids already in the collection: {dup[:10]}") from None
+                raise BadInput(f"ids already in the collection: {dup[:10]}") from None
             self._set_state("next_iid", start + len(ids))
         return iids
 

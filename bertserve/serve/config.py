@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bertserve.encode.config import EncoderConfig
+from bertserve.errors import BadInput
 
 # bert-serving-client refuses a server whose version differs from its own unless check_version=False,
 # so the ZeroMQ front-end reports the protocol version it speaks, not bertserve's own version.
@@ -58,19 +59,19 @@ class ServerConfig:
         for name in PORT_FIELDS + POSITIVE_FIELDS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"server config: {name} must be an integer, got {value!r}")
+                raise BadInput(f"server config: {name} must be an integer, got {value!r}")
             low = 0 if name in PORT_FIELDS else 1
             if not low <= value <= (65535 if name in PORT_FIELDS else value):
-                raise ValueError(f"server config: {name} out of range: {value}")
+                raise BadInput(f"server config: {name} out of range: {value}")
         if self.zmq and self.port and self.port == self.port_out:
-            raise ValueError(f"server config: port and port_out must differ (both {self.port})")
+            raise BadInput(f"server config: port and port_out must differ (both {self.port})")
         if self.max_request_texts > self.max_queue_texts:
-            raise ValueError("server config: max_request_texts cannot exceed max_queue_texts "
+            raise BadInput("server config: max_request_texts cannot exceed max_queue_texts "
                              f"({self.max_request_texts} > {self.max_queue_texts})")
         if not (self.zmq or self.http):
-            raise ValueError("server config: both the HTTP and the ZeroMQ front-end are switched off")
+            raise BadInput("server config: both the HTTP and the ZeroMQ front-end are switched off")
         if self.shutdown_timeout < 0:
-            raise ValueError(f"server config: shutdown_timeout must be >= 0, got {self.shutdown_timeout}")
+            raise BadInput(f"server config: shutdown_timeout must be >= 0, got {self.shutdown_timeout}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ServerConfig":
@@ -82,7 +83,7 @@ class ServerConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"server config: unknown setting(s) {', '.join(unknown)}; known: "
+            raise BadInput(f"server config: unknown setting(s) {', '.join(unknown)}; known: "
                              f"{', '.join(sorted(known | ENCODER_FIELDS - {'encoder'}))}")
         return cls(encoder=EncoderConfig.from_dict({k.replace("-", "_"): v for k, v in encoder.items()}), **data)
 
@@ -93,14 +94,14 @@ class ServerConfig:
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as e:
-            raise ValueError(f"server config: cannot read {path}: {e.strerror}") from e
+            raise BadInput(f"server config: cannot read {path}: {e.strerror}") from e
         try:
             data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
         except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
             kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
-            raise ValueError(f"server config: {path} is not valid {kind}: {e}") from e
+            raise BadInput(f"server config: {path} is not valid {kind}: {e}") from e
         if not isinstance(data, dict):
-            raise ValueError(f"server config: {path} must hold a table/object of settings")
+            raise BadInput(f"server config: {path} must hold a table/object of settings")
         data = data.get("serve", data)  # a [serve] table lets one file carry several commands' settings
         return cls.from_dict({**data, **overrides})
 

@@ -16,14 +16,15 @@ from typing import Any, Literal
 import numpy as np
 from anyio import to_thread
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import bertserve
-from bertserve.serve.errors import ApiError, classify
+from bertserve.console import STATIC_DIR
+from bertserve.errors import BadInput, TooLarge, Unauthorized
+from bertserve.serve.errors import error_response, install_error_handlers
 from bertserve.serve.state import ServerState
 
 # beyond this many floats, serializing the answer moves off the event loop so other requests keep flowing
@@ -56,17 +57,17 @@ def make_app(state: ServerState, routers: tuple[APIRouter, ...] = ()) -> FastAPI
     app = FastAPI(title="bertserve", version=getattr(bertserve, "__version__", "0"),
                   description="Text to vectors with BERT-family models: bert-as-service and OpenAI compatible.")
     app.state.bertserve = state
-    _install_error_handlers(app, state)
+    install_error_handlers(app, state.metrics)
     api = APIRouter(dependencies=[Depends(_api_key_check(cfg.api_key))])
 
     @api.post("/encode", summary="bert-as-service encode")
     async def encode(req: EncodeRequest) -> Response:
         tokenized_input = bool(req.texts) and isinstance(req.texts[0], list)
         if tokenized_input != req.is_tokenized:
-            raise ApiError(400, "texts holds token lists but is_tokenized is false" if tokenized_input
+            raise BadInput("texts holds token lists but is_tokenized is false" if tokenized_input
                            else "is_tokenized is true but texts holds strings, not token lists")
         if req.show_tokens and not cfg.show_tokens_to_client:
-            raise ApiError(400, "show_tokens is disabled on this server (start it with --show-tokens-to-client)")
+            raise BadInput("show_tokens is disabled on this server (start it with --show-tokens-to-client)")
         enc = await _encode(state, req.texts, req.is_tokenized, req.show_tokens)
         body: dict[str, Any] = {"id": req.id}
         if req.encoding_format == "base64":
@@ -83,16 +84,16 @@ def make_app(state: ServerState, routers: tuple[APIRouter, ...] = ()) -> FastAPI
         texts = [req.input] if isinstance(req.input, str) else req.input
         first = texts[0] if texts else None
         if isinstance(first, int) or (isinstance(first, list) and first and isinstance(first[0], int)):
-            raise ApiError(400, "input as token ids is not supported here: send a string or a list of strings")
+            raise BadInput("input as token ids is not supported here: send a string or a list of strings")
         if state.pools_per_token:
-            raise ApiError(400, "this server pools per token (pooling NONE), which gives no single vector per "
+            raise BadInput("this server pools per token (pooling NONE), which gives no single vector per "
                            "input; use POST /encode")
         dim = state.encoder.dim
         if req.dimensions is not None and req.dimensions != dim:
             if req.dimensions > dim:
-                raise ApiError(400, f"dimensions={req.dimensions} exceeds the model's {dim}")
+                raise BadInput(f"dimensions={req.dimensions} exceeds the model's {dim}")
             if not cfg.allow_dimensions:
-                raise ApiError(400, f"model {state.model_name} was not trained for shortened vectors "
+                raise BadInput(f"model {state.model_name} was not trained for shortened vectors "
                                f"(Matryoshka); dimensions must be {dim} or left out "
                                "(start the server with --allow-dimensions to truncate anyway)")
         enc = await _encode(state, texts, False)
@@ -130,6 +131,12 @@ def make_app(state: ServerState, routers: tuple[APIRouter, ...] = ()) -> FastAPI
         closing = state.batcher.closing
         return JSONResponse({"status": "shutting_down" if closing else "ok"}, status_code=503 if closing else 200)
 
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/ui/")
+
+    # the console's files are public; every call it makes goes through the API key like any client's
+    app.mount("/ui", StaticFiles(directory=STATIC_DIR, html=True), name="console")
     app.include_router(api)
     for router in routers:
         app.include_router(router, dependencies=[Depends(_api_key_check(cfg.api_key))])
@@ -142,7 +149,7 @@ def make_app(state: ServerState, routers: tuple[APIRouter, ...] = ()) -> FastAPI
 
 
 async def _encode(state: ServerState, texts, is_tokenized, show_tokens=False):
-    return await asyncio.wrap_future(state.batcher.submit(texts, is_tokenized, show_tokens))
+    return await asyncio.wrap_future(state.batcher.submit(texts, is_tokenized=is_tokenized, show_tokens=show_tokens))
 
 
 async def _json(body: dict, n_floats: int) -> Response:
@@ -174,43 +181,8 @@ def _api_key_check(api_key: str | None):
         auth = request.headers.get("authorization", "")
         given = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
         if not hmac.compare_digest(given.encode(), expected):
-            raise ApiError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')", "authentication_error")
+            raise Unauthorized("missing or wrong API key (send 'Authorization: Bearer KEY')")
     return check
-
-
-def error_response(state: ServerState, status: int, type_: str, message: str) -> JSONResponse:
-    state.metrics.observe_error("http", type_)
-    # busy or shutting down: tell clients when trying again makes sense
-    headers = {"Retry-After": "1"} if status in (429, 503) else None
-    return JSONResponse({"error": {"message": message, "type": type_, "code": status}}, status_code=status,
-                        headers=headers)
-
-
-def _install_error_handlers(app: FastAPI, state: ServerState):
-    async def validation(request, exc: RequestValidationError):
-        parts = []
-        for err in exc.errors()[:5]:
-            loc = ".".join(str(p) for p in err.get("loc", ())[1:]) or "body"
-            if err.get("type") == "json_invalid":
-                parts.append(f"request body is not valid JSON ({err.get('ctx', {}).get('error', 'decode error')})")
-            elif loc == "body" and err.get("type") in ("model_attributes_type", "dict_type"):
-                parts.append("request body must be a JSON object (sent with Content-Type: application/json)")
-            else:
-                parts.append(f"{loc}: {err.get('msg')}")
-        return error_response(state, 400, "invalid_request_error", "; ".join(parts) or "invalid request")
-
-    async def http_error(request, exc: StarletteHTTPException):
-        type_ = {401: "authentication_error", 404: "not_found", 405: "method_not_allowed"}.get(
-            exc.status_code, "invalid_request_error" if exc.status_code < 500 else "internal_error")
-        return error_response(state, exc.status_code, type_, str(exc.detail))
-
-    async def known(request, exc: Exception):
-        return error_response(state, *classify(exc))
-
-    app.add_exception_handler(RequestValidationError, validation)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    for cls in (ApiError, RuntimeError, ValueError, TypeError, Exception):
-        app.add_exception_handler(cls, known)
 
 
 class _BodyLimit:
@@ -252,8 +224,8 @@ class _BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope, receive, send):
-        resp = error_response(self.state, 413, "request_too_large",
-                              f"request body over the server's limit of {self.limit} bytes")
+        resp = error_response(413, TooLarge.type, f"request body over the server's limit of {self.limit} bytes",
+                              self.state.metrics)
         await resp(scope, receive, send)
 
 

@@ -1,10 +1,11 @@
-"""Start-up and shutdown of `bertserve serve`: one Encoder, one Batcher, the HTTP and ZeroMQ front-ends.
+"""Start-up and shutdown of `bertserve serve`: the main Encoder and its Batcher, the plug-ins (each task's
+engine, batcher and routes: bertserve.serve.plugins), the HTTP and ZeroMQ front-ends.
 
 Shutdown order on SIGINT/SIGTERM, so that every accepted request is answered:
 1. the ZeroMQ front-end refuses new encode requests (error reply "shutting down");
 2. uvicorn stops accepting connections and waits for the HTTP requests in flight;
-3. search collections (if mounted) are saved and closed; the batcher finishes what it holds (ZeroMQ
-   requests included) and stops its threads;
+3. each plug-in closes (search collections are saved) and its batcher finishes what it holds; then the
+   encode batcher finishes what it holds (ZeroMQ requests included) and stops its threads;
 4. the ZeroMQ front-end sends the last replies and closes its sockets.
 A second signal skips the waiting.
 """
@@ -17,9 +18,11 @@ import signal
 import threading
 import time
 
-from bertserve.engine.batcher import BatchedEncoder, Batcher
-from bertserve.serve.config import ServerConfig
+from bertserve.engine.batcher import Batcher
 from bertserve.engine.metrics import Metrics
+from bertserve.errors import Unavailable
+from bertserve.serve.config import ServerConfig
+from bertserve.serve.plugins import ServeContext, load_plugins
 from bertserve.serve.state import ServerState
 
 log = logging.getLogger("bertserve.serve")
@@ -37,19 +40,12 @@ def build_state(config: ServerConfig, encoder=None) -> ServerState:
     metrics = Metrics()
     batcher = Batcher(encoder, max_batch_tokens=config.max_batch_tokens, max_queue_texts=config.max_queue_texts,
                       max_request_texts=config.max_request_texts, num_worker=config.num_worker, metrics=metrics)
-    metrics.queue_depth = lambda: batcher.queued_texts
-    return ServerState(config, encoder, batcher, metrics)
-
-
-def collection_routers(state: ServerState) -> tuple:
-    """The search module's /collections routes, when it is installed and a data folder is configured."""
-    if not state.config.data_dir:
-        return ()
-    try:
-        from bertserve.search.routes import make_router
-    except ImportError as e:
-        raise ValueError(f"--data-dir needs bertserve.search.routes, which cannot be imported: {e}") from e
-    return (make_router(state.config.data_dir, BatchedEncoder(state.batcher)),)
+    state = ServerState(config, encoder, batcher, metrics)
+    ctx = ServeContext(config, metrics, encoder, batcher)
+    state.plugins = load_plugins(ctx)
+    state.batchers = [batcher, *ctx.batchers]
+    metrics.queue_depth = lambda: sum(b.queued_texts for b in state.batchers)
+    return state
 
 
 class Server:
@@ -60,7 +56,6 @@ class Server:
         self.http = None
         self._http_thread = None
         self._stop = threading.Event()
-        self.routers = ()
         self.http_port = self.port = self.port_out = None
 
     def start(self):
@@ -83,10 +78,7 @@ class Server:
 
         from bertserve.serve.http_app import make_app
 
-        from bertserve.distill.classify_routes import classify_routers
-
-        self.routers = collection_routers(self.state) + classify_routers(self.state)
-        app = make_app(self.state, self.routers)
+        app = make_app(self.state, tuple(p.router for p in self.state.plugins if p.router is not None))
         ucfg = uvicorn.Config(app, host=self.config.host, port=self.config.http_port, access_log=False,
                               log_level=logging.getLogger().getEffectiveLevel(), log_config=None,
                               timeout_graceful_shutdown=self.config.shutdown_timeout, lifespan="off")
@@ -95,7 +87,7 @@ class Server:
         self._http_thread.start()
         while not self.http.started:
             if not self._http_thread.is_alive():
-                raise RuntimeError(f"HTTP server failed to start on {self.config.host}:{self.config.http_port} "
+                raise Unavailable(f"HTTP server failed to start on {self.config.host}:{self.config.http_port} "
                                    "(port in use? see the log above)")
             time.sleep(0.02)
         self.http_port = self.http.servers[0].sockets[0].getsockname()[1]
@@ -138,13 +130,11 @@ class Server:
         if self.http is not None:
             self.http.should_exit = True
             self._http_thread.join(max(0.0, deadline - time.monotonic()) + 1)
-        for router in self.routers:
-            registry = getattr(router, "registry", None)  # search collections save themselves on close
-            if registry is not None:
-                registry.close()
-            batcher = getattr(router, "batcher", None)  # /classify has a batcher of its own
-            if batcher is not None:
-                batcher.close(timeout=max(0.0, deadline - time.monotonic()))
+        for plugin in self.state.plugins:  # e.g. search collections save themselves on close
+            if plugin.close is not None:
+                plugin.close(max(0.0, deadline - time.monotonic()))
+            if plugin.batcher is not None:
+                plugin.batcher.close(timeout=max(0.0, deadline - time.monotonic()))
         drained = self.state.batcher.close(timeout=max(0.0, deadline - time.monotonic()))
         if self.zmq is not None:
             self.zmq.stop(timeout=max(1.0, deadline - time.monotonic()))

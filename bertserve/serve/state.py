@@ -32,6 +32,8 @@ class ServerState:
     batcher: Batcher
     metrics: Metrics
     started_at: float = field(default_factory=time.time)
+    plugins: list = field(default_factory=list)    # bertserve.serve.plugins.Plugin, in load order
+    batchers: list = field(default_factory=list)   # every engine's batcher, the encode one first
 
     @property
     def model_name(self) -> str:
@@ -71,7 +73,12 @@ class ServerState:
     def server_status(self) -> dict:
         """bert-as-service's SHOW_STATUS: the config plus what the server has done so far."""
         status = self.server_config()
-        stats = self.metrics.snapshot()
+        stats = self.metrics.snapshot(self.encoder.kind)
+        served = {"encode": {**self.encoder.describe(), "name": self.model_name},
+                  **{p.name: p.describe() for p in self.plugins}}
+        for desc in served.values():
+            desc["statistic"] = stats["engines"].get(desc.get("kind"), {})
+        stats["engines"] = served
         status.update(stats)
         status["statistic"] = stats
         status["server_current_time"] = time.strftime("%Y-%m-%d %H:%M:%S")

@@ -25,13 +25,14 @@ import os
 import queue
 import threading
 import time
+import uuid
 from collections import defaultdict
 
 import numpy as np
 import zmq
 
 from bertserve.engine.batcher import ServerClosing
-from bertserve.serve.errors import ApiError, classify
+from bertserve.errors import BadInput, describe
 from bertserve.serve.state import ServerState
 
 log = logging.getLogger("bertserve.serve")
@@ -162,7 +163,8 @@ class ZmqFrontend:
             texts, is_tokenized = _parse_payload(payload, msg_len)
             if self._closing:
                 raise ServerClosing("server is shutting down")
-            future = self.state.batcher.submit(texts, is_tokenized, self.state.config.show_tokens_to_client)
+            future = self.state.batcher.submit(texts, is_tokenized=is_tokenized,
+                                               show_tokens=self.state.config.show_tokens_to_client)
         except Exception as e:
             self._error_reply(identity, req_id, e)
             return
@@ -202,7 +204,12 @@ class ZmqFrontend:
             self.state.metrics.observe_request("zmq", "encode", time.perf_counter() - t0)
 
     def _error_reply(self, identity, req_id, exc):
-        status, type_, message = classify(exc)
+        report = describe(exc)
+        status, type_, message = report.status, report.type, report.message
+        if report.internal:
+            request_id = uuid.uuid4().hex[:16]
+            log.error("internal error while serving a ZeroMQ request (request id %s)", request_id, exc_info=exc)
+            message = f"{message}; see the server log, request id {request_id}"
         self.state.metrics.observe_error("zmq", type_)
         # numpy reads commas in a dtype string as a record format and words the error differently
         shown = message.replace(",", ";")
@@ -233,11 +240,11 @@ def _parse_payload(payload: bytes, msg_len: bytes):
     try:
         texts = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ApiError(400, f"payload is not valid JSON: {e}") from None
+        raise BadInput(f"payload is not valid JSON: {e}") from None
     if not isinstance(texts, list):
-        raise ApiError(400, f"payload must be a JSON list of strings or of token lists, got {type(texts).__name__}")
+        raise BadInput(f"payload must be a JSON list of strings or of token lists, got {type(texts).__name__}")
     if not msg_len.isdigit() or int(msg_len) != len(texts):
-        raise ApiError(400, f"msg_len {msg_len[:20]!r} does not match the {len(texts)} texts sent")
+        raise BadInput(f"msg_len {msg_len[:20]!r} does not match the {len(texts)} texts sent")
     # as bert-as-service decided it: a list of lists is pre-tokenized input
     is_tokenized = bool(texts) and all(isinstance(t, list) for t in texts)
     return texts, is_tokenized

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from bertserve.encode.backends.quality import QualityGate
+from bertserve.errors import BadInput
 
 CONCRETE = ("torch", "onnx", "onnx-int8", "bf16")
 BACKENDS = ("auto",) + CONCRETE
@@ -17,7 +18,7 @@ EXACT = ("torch", "onnx")
 __all__ = ["BACKENDS", "CONCRETE", "EXACT", "BackendUnavailable", "QualityGate", "make_backend"]
 
 
-class BackendUnavailable(ValueError):
+class BackendUnavailable(BadInput):
     """The backend asked for cannot run on this machine (e.g. bf16 on a CPU without native bfloat16)."""
 
 
@@ -33,4 +34,4 @@ def make_backend(name: str, checkpoint, hidden_indices: tuple[int, ...], need_po
     if name in ("onnx", "onnx-int8"):
         from bertserve.encode.backends.onnx_backend import onnx_backend
         return onnx_backend(name, checkpoint, hidden_indices, need_pooler, use_type_ids, num_threads)
-    raise ValueError(f"unknown backend {name!r}; valid: {', '.join(BACKENDS)}")
+    raise BadInput(f"unknown backend {name!r}; valid: {', '.join(BACKENDS)}")

@@ -13,6 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from bertserve.errors import BadInput
 from bertserve.settings import cache_dir
 
 CACHE_FORMAT = 1  # bump when the layout of an entry changes
@@ -71,7 +72,7 @@ def model_content_hash(folder: Path) -> str:
     """One hash over the files that decide what the model computes (weights and configs) in its folder."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in _CONTENT_SUFFIXES)
     if not files:
-        raise ValueError(f"no weight or config files in {folder}")
+        raise BadInput(f"no weight or config files in {folder}")
     digest = hashlib.sha256()
     for p in files:
         digest.update(f"{p.name}:{file_hash(p)}\n".encode())

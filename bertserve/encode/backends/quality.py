@@ -5,6 +5,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from bertserve.errors import BadInput
+
 
 @dataclass(frozen=True)
 class QualityGate:
@@ -43,7 +45,7 @@ def measure_quality(reference: np.ndarray, candidate: np.ndarray, k: int = 10) -
     """Cosine of each row to its reference row, and how many of each row's k nearest neighbours (cosine, among
     the same texts) stay the same: the part of search results a user would see change."""
     if reference.shape != candidate.shape:
-        raise ValueError(f"shapes differ: reference {reference.shape}, candidate {candidate.shape}")
+        raise BadInput(f"shapes differ: reference {reference.shape}, candidate {candidate.shape}")
     ref, got = _unit_rows(reference), _unit_rows(candidate)
     cos = (ref * got).sum(1)
     k = min(k, len(ref) - 1)

@@ -12,6 +12,8 @@ import importlib.util
 import re
 from pathlib import Path
 
+from bertserve.errors import BadInput, Unavailable
+
 LEE_BACKGROUND = "gensim/test/test_data/lee_background.cor"
 WIKI_SAMPLE = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
@@ -30,7 +32,7 @@ _MARKUP = [
 _TEMPLATE = re.compile(r"\{\{[^{}]*\}\}")
 
 
-class SampleUnavailable(RuntimeError):
+class SampleUnavailable(Unavailable):
     """The shipped text files are missing (gensim is not installed)."""
 
 
@@ -93,5 +95,5 @@ def english_sentences(n: int | None = None, *, offset: int = 0) -> list[str]:
     mixed = [s for pair in zip(lee, wiki) for s in pair] + list(lee[len(wiki):]) + list(wiki[len(lee):])
     end = None if n is None else offset + n
     if end is not None and end > len(mixed):
-        raise ValueError(f"asked for sentences {offset}..{end}, only {len(mixed)} are available")
+        raise BadInput(f"asked for sentences {offset}..{end}, only {len(mixed)} are available")
     return mixed[offset:end]
