@@ -22,6 +22,7 @@ from bertserve.search import Collection
 from bertserve.search.bm25 import PRESETS, Analyzer, BM25Config, BM25Index
 from bertserve.search.fusion import Ranked, fuse
 from bertserve.search.routes import make_router
+from bertserve.serve.errors import install_error_handlers
 
 QUERIES = ["australian cricket test match", "bushfires burning near sydney", "israeli palestinian talks",
            "the united nations security council", "qantas airline workers strike", "afghanistan taliban"]
@@ -298,6 +299,7 @@ def test_collections_made_before_bm25_get_one_on_open(tmp_path, sentences):
 
 def test_http_search_modes(tmp_path, sentences):
     app = FastAPI()
+    install_error_handlers(app)
     router = make_router(tmp_path / "data", hashed_embed)
     app.include_router(router)
     with TestClient(app) as client:
