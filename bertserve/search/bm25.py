@@ -330,6 +330,7 @@ def _bm25s_scorer(config: BM25Config, vocab: dict, terms, docs, tfs, doc_len):
     """A bm25s.BM25 whose score matrix is what `bm25s.BM25(k1, b).index(...)` would build over these
     documents (method and idf "lucene"), computed from term frequencies in one vectorized pass."""
     import bm25s
+    import scipy.sparse
 
     n_docs, n_terms = len(doc_len), len(vocab)
     scorer = bm25s.BM25(k1=config.k1, b=config.b, method="lucene")
@@ -340,10 +341,10 @@ def _bm25s_scorer(config: BM25Config, vocab: dict, terms, docs, tfs, doc_len):
     # the length norm in float64 and the rest in float32, as bm25s computes it
     norm = (config.k1 * ((1 - config.b) + config.b * doc_len / avg)).astype(np.float32)
     data = idf[terms] * (tfs / (norm[docs] + tfs))
-    order = np.argsort(terms, kind="stable")  # term-major (CSC), documents ascending within a term
-    indptr = np.concatenate([[0], np.cumsum(df)]).astype(np.int64)
-    scorer.scores = {"data": data[order], "indices": docs[order].astype(np.int32), "indptr": indptr,
-                     "num_docs": n_docs}
+    # term-major (CSC) layout by scipy's counting sort; documents stay ascending within a term
+    matrix = scipy.sparse.csc_matrix((data, (docs, terms)), shape=(n_docs, n_terms))
+    scorer.scores = {"data": matrix.data, "indices": matrix.indices.astype(np.int32, copy=False),
+                     "indptr": matrix.indptr, "num_docs": n_docs}
     scorer.vocab_dict = vocab
     scorer.nonoccurrence_array = None
     return scorer
