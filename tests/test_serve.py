@@ -12,6 +12,7 @@ import time
 import uuid
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 import numpy as np
 import pytest
 import zmq
@@ -231,12 +232,16 @@ def test_status_health_metrics(server, http, bc):
     status = http.get("/status").json()
     assert status["server_version"] == "1.10.0" and status["num_total_seq"] >= 2
     metrics = http.get("/metrics").text
-    assert 'bertserve_requests_total{protocol="zmq",endpoint="encode"}' in metrics
-    assert 'bertserve_requests_total{protocol="http",endpoint="POST /encode"}' in metrics
-    assert 'bertserve_request_seconds_bucket{protocol="http",endpoint="POST /encode",le="+Inf"}' in metrics
-    assert "bertserve_batch_texts_count" in metrics and "bertserve_queue_texts 0" in metrics
-    texts = [line for line in metrics.splitlines() if line.startswith("bertserve_texts_total")]
-    assert int(texts[0].split()[1]) >= 2
+    # read with Prometheus' own parser: label order in the text is not part of the format
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(metrics) for s in family.samples}
+    assert samples[("bertserve_requests_total", (("endpoint", "encode"), ("protocol", "zmq")))] >= 1
+    assert samples[("bertserve_requests_total", (("endpoint", "POST /encode"), ("protocol", "http")))] >= 1
+    assert samples[("bertserve_request_seconds_bucket",
+                    (("endpoint", "POST /encode"), ("le", "+Inf"), ("protocol", "http")))] >= 1
+    assert samples[("bertserve_batch_texts_count", (("engine", "encode"),))] >= 1
+    assert samples[("bertserve_queue_texts", ())] == 0
+    assert samples[("bertserve_texts_total", (("engine", "encode"),))] >= 2
     assert http.get("/openapi.json").json()["paths"].keys() >= {"/encode", "/v1/embeddings"}
 
 
