@@ -27,7 +27,6 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,9 +35,9 @@ from minilm_l3_model import minilm_l3_path  # noqa: E402
 
 from bertserve import Encoder  # noqa: E402
 from bertserve.distill.embed_export import save_student  # noqa: E402
-from bertserve.distill.embed_report import (ReportConfig, agreement, plot_curve, similarity_sets, spearman,  # noqa: E402
-                                            speed)
+from bertserve.distill.embed_report import ReportConfig, agreement, plot_curve, speed  # noqa: E402
 from bertserve.distill.embedding import EmbeddingDistillConfig, EmbeddingDistiller  # noqa: E402
+from bertserve.evaluation import gensim_file, read_gensim_text, similarity_sets, spearman  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -71,14 +70,13 @@ def _sentences(text: str, min_words: int = 5, max_words: int = 60) -> list[str]:
 def english_sentences() -> list[str]:
     from gensim.corpora.wikicorpus import extract_pages, filter_wiki
 
-    data = _package_dir("gensim") / "test" / "test_data"
     out: list[str] = []
-    with bz2.open(data / "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2") as f:
+    with bz2.open(gensim_file("enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")) as f:
         for _title, text, _id in extract_pages(f):
             clean = re.sub(r"'{2,}", "", filter_wiki(text))
             clean = re.sub(r"^[=*#:;|!{].*$", " ", clean, flags=re.M)  # headings, lists, table rows
             out += [s for s in _sentences(clean) if not re.search(r"[|{}\[\]<>=]", s)]
-    for doc in (data / "lee_background.cor").read_text(encoding="latin-1").splitlines():
+    for doc in read_gensim_text("lee_background.cor").splitlines():
         out += _sentences(doc)
     return list(dict.fromkeys(out))
 
@@ -150,7 +148,7 @@ def run_english(size: Size, work: Path, results: Path) -> dict:
                            (("teacher", teacher), ("student", student), ("L3", peer))}}
     rc = ReportConfig(rounds=size.rounds, speed_texts=size.speed_texts)
     report["speed"] = speed({"teacher": (teacher, ""), "student": (student, ""), "L3": (peer, "")}, held, rc)
-    plot_curve(distiller.info()["history"], results / "distill_embeddings_en_curve.png")
+    plot_curve(distiller.info()["history"], HERE.parent / "docs" / "img" / "distill_embeddings_en_curve.png")
     return report
 
 
@@ -188,7 +186,7 @@ def run_chinese(size: Size, work: Path, results: Path) -> dict:
               "sentiment_split": {"train": len(train_s), "test": len(test_s)}}
     rc = ReportConfig(rounds=size.rounds, speed_texts=size.speed_texts)
     report["speed"] = speed({"teacher": (teacher, E5_QUERY), "student": (student, "")}, held, rc)
-    plot_curve(distiller.info()["history"], results / "distill_embeddings_zh_curve.png")
+    plot_curve(distiller.info()["history"], HERE.parent / "docs" / "img" / "distill_embeddings_zh_curve.png")
     return report
 
 

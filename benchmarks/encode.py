@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from bertserve import Encoder  # noqa: E402
 from bertserve.encode.backends import QualityGate  # noqa: E402
 from bertserve.encode.backends.bf16 import native_bf16  # noqa: E402
-from bertserve.encode.backends.machine_load import Meter, rss_mib  # noqa: E402
+from bertserve.machine_load import Meter, rss_mib  # noqa: E402
 from bertserve.encode.backends.quality import measure_quality  # noqa: E402
 from bertserve.encode.backends.sample import english_sentences  # noqa: E402
 from bertserve.models import default_model_path  # noqa: E402
@@ -55,6 +55,7 @@ class SentenceTransformersPeer:
 class BertservePath:
     def __init__(self, model: Path, backend: str, max_seq_len):
         self.encoder = Encoder(model, backend=backend, max_seq_len=max_seq_len)
+        self.encoder.wait_for_backend()  # `auto` on a fresh cache: time the chosen backend, not the interim torch
         chosen = f" -> {self.encoder.backend.name}" if backend == "auto" else ""
         self.name = f"bertserve {backend}{chosen}"
 

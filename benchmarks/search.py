@@ -28,34 +28,23 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from bertserve import machine_load
+from bertserve.evaluation import gensim_file, read_gensim_text
 from bertserve.search import Collection
 from bertserve.search import spec as specs
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
 RESULTS = HERE / "results"
+DOCS_IMG = HERE.parent / "docs" / "img"   # plots shown in the manual
 K = 10
 
 
 # ---- measuring -------------------------------------------------------------------------------------------
-def _busy_jiffies() -> int:
-    fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
-    return sum(fields) - fields[3] - fields[4]  # all but idle and iowait
-
-
-def _own_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
 def timed(fn) -> tuple[float, float]:
     """(wall seconds, CPU seconds other processes used meanwhile)."""
-    hz = os.sysconf("SC_CLK_TCK")
-    b0, o0, t0 = _busy_jiffies(), _own_seconds(), time.perf_counter()
-    fn()
-    wall = time.perf_counter() - t0
-    others = max(0.0, (_busy_jiffies() - b0) / hz - (_own_seconds() - o0))
-    return wall, others
+    sample = machine_load.timed(fn)
+    return sample.wall, sample.others_cpu
 
 
 def interleaved(contenders: dict, rounds: int) -> dict:
@@ -84,10 +73,9 @@ def wiki_and_news_sentences(limit: int) -> list[str]:
 
     from gensim.corpora.wikicorpus import filter_wiki
 
-    root = Path(importlib.util.find_spec("gensim").submodule_search_locations[0]) / "test" / "test_data"
-    xml = bz2.open(root / "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2", "rt").read()
+    xml = bz2.open(gensim_file("enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"), "rt").read()
     texts = [filter_wiki(page) for page in re.findall(r"<text[^>]*>(.*?)</text>", xml, flags=re.S)]
-    texts.append((root / "lee_background.cor").read_text(encoding="latin-1"))
+    texts.append(read_gensim_text("lee_background.cor"))
     out, seen = [], set()
     for text in texts:
         for line in text.splitlines():
@@ -351,7 +339,7 @@ def main():
             "cpus": os.cpu_count(), "faiss": faiss.__version__, "rounds": args.rounds, "k": K,
             "queries": args.queries, "single": args.single, "faiss_threads": faiss.omp_get_max_threads()}
     Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows, "auto": autos, "ingest": ingest}, indent=1))
-    plot(rows, RESULTS / "search_recall_qps.png")
+    plot(rows, DOCS_IMG / "search_recall_qps.png")
     print(json.dumps(meta))
     print(markdown(rows))
     print(json.dumps(autos, indent=1))

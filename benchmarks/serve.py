@@ -17,7 +17,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import multiprocessing as mp  # noqa: E402
 import queue  # noqa: E402
@@ -29,6 +28,9 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from bertserve.machine_load import Meter  # noqa: E402
+from bertserve.evaluation import lee_background_sentences  # noqa: E402
+
 HZ = os.sysconf("SC_CLK_TCK")
 REQUEST_TEXTS = 32
 SAME_REQUESTS = "in-process, requests of 32 in turn"
@@ -36,41 +38,7 @@ SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
 
 
 def corpus(n: int) -> list[str]:
-    path = Path(importlib.util.find_spec("gensim").origin).parent / "test" / "test_data" / "lee_background.cor"
-    text = path.read_text(encoding="utf-8", errors="replace")
-    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if len(s.split()) >= 4]
-    return sentences[:n]
-
-
-# ---- CPU accounting -------------------------------------------------------------------------------------
-
-def _busy_jiffies() -> int:
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return sum(fields) - fields[3] - fields[4]  # minus idle and iowait
-
-
-def _proc_jiffies(pid) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2:].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime
-
-
-class Meter:
-    """Wall time, CPU seconds of our processes (this one and the server) and of all the others."""
-
-    def __init__(self, pids):
-        self.pids = pids
-
-    def __enter__(self):
-        self.t0, self.busy0 = time.perf_counter(), _busy_jiffies()
-        self.own0 = sum(_proc_jiffies(p) for p in self.pids)
-        return self
-
-    def __exit__(self, *exc):
-        self.wall = time.perf_counter() - self.t0
-        own = sum(_proc_jiffies(p) for p in self.pids) - self.own0
-        self.own_cpu = own / HZ
-        self.other_cpu = max(0, _busy_jiffies() - self.busy0 - own) / HZ
+    return lee_background_sentences(min_words=4)[:n]
 
 
 # ---- contenders -----------------------------------------------------------------------------------------
@@ -131,13 +99,13 @@ def throughput(enc, srv, texts, rounds, concurrencies):
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
-            with Meter([os.getpid(), srv.proc.pid]) as m:
+            with Meter((srv.proc.pid,)) as m:
                 got = contenders[name]()
             cos = min_cosine(got, reference)
-            rows[name].append({"per_s": len(texts) / m.wall, "other_cpu_s": m.other_cpu, "wall_s": m.wall,
-                               "per_cpu_s": len(texts) / max(m.own_cpu, 1e-9), "min_cos": cos})
-            print(f"  round {r + 1} {name:34s} {len(texts) / m.wall:7.1f} texts/s  "
-                  f"{len(texts) / max(m.own_cpu, 1e-9):6.1f} texts/CPU-s  other CPU {m.other_cpu:5.1f} s"
+            rows[name].append({"per_s": len(texts) / m.sample.wall, "other_cpu_s": m.sample.others_cpu, "wall_s": m.sample.wall,
+                               "per_cpu_s": len(texts) / max(m.sample.own_cpu, 1e-9), "min_cos": cos})
+            print(f"  round {r + 1} {name:34s} {len(texts) / m.sample.wall:7.1f} texts/s  "
+                  f"{len(texts) / max(m.sample.own_cpu, 1e-9):6.1f} texts/CPU-s  other CPU {m.sample.others_cpu:5.1f} s"
                   f"  min cos {cos:.6f}", flush=True)
     return rows
 
@@ -164,7 +132,7 @@ def latency(enc, srv, requests):
     # and the per-request differences to in-process give a robust overhead estimate
     names = list(paths)
     times = {n: [] for n in names}
-    with Meter([os.getpid(), srv.proc.pid]) as m:
+    with Meter((srv.proc.pid,)) as m:
         for i in range(requests):
             for name in names[i % len(names):] + names[:i % len(names)]:
                 t0 = time.perf_counter()
@@ -177,7 +145,7 @@ def latency(enc, srv, requests):
     ms = lambda x: round(1000 * float(x), 2)  # noqa: E731
     return {n: {"p50_ms": ms(np.median(t)), "p90_ms": ms(np.percentile(t, 90)),
                 "overhead_ms": ms(np.median(np.array(t) - base)), "n": len(t),
-                "other_cpu_s_all_paths": round(m.other_cpu, 1)} for n, t in times.items()}
+                "other_cpu_s_all_paths": round(m.sample.others_cpu, 1)} for n, t in times.items()}
 
 
 def rss_mb(pid) -> dict:
@@ -226,21 +194,21 @@ def workers(enc, texts, rounds):
     for r in range(rounds):
         for name, f in [("1 worker thread, 2 torch threads", one_thread_two_torch),
                         ("2 worker threads, 1 torch thread each", two_threads_one_torch)]:
-            with Meter([os.getpid()]) as m:
+            with Meter() as m:
                 f()
-            results[name].append({"per_s": len(texts) / m.wall, "other_cpu_s": m.other_cpu})
+            results[name].append({"per_s": len(texts) / m.sample.wall, "other_cpu_s": m.sample.others_cpu})
         ready, go, done = ctx.Barrier(3), ctx.Barrier(3), ctx.Barrier(3)
         procs = [ctx.Process(target=_process_worker, args=(h, ready, go, done)) for h in halves]
         for p in procs:
             p.start()
         ready.wait()
-        with Meter([os.getpid()] + [p.pid for p in procs]) as m:
+        with Meter([p.pid for p in procs]) as m:
             go.wait()
             done.wait()
         for p in procs:
             p.join()
         results["2 worker processes, 1 torch thread each"].append(
-            {"per_s": len(texts) / m.wall, "other_cpu_s": m.other_cpu})
+            {"per_s": len(texts) / m.sample.wall, "other_cpu_s": m.sample.others_cpu})
         print(f"  workers round {r + 1}: " + ", ".join(f"{k}: {v[-1]['per_s']:.0f}/s" for k, v in results.items()),
               flush=True)
     torch.set_num_threads(2)

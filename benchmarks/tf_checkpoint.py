@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import sys
 import tempfile
-import time
 import types
 from pathlib import Path
 
@@ -33,23 +31,16 @@ CONFIG = {"attention_probs_dropout_prob": 0.1, "directionality": "bidi", "hidden
           "type_vocab_size": 2, "vocab_size": 21128}
 
 
-def other_cpu_seconds() -> float:
-    """CPU seconds used so far by everything on the machine except this process."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:9]]  # guest time is already counted in user
-    busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
-    own = sum(os.times()[:4])
-    return busy / os.sysconf("SC_CLK_TCK") - own
-
-
 def rounds(contenders: dict, n: int) -> dict:
     """Run each contender once per round, interleaved; round 0 warms the page cache and is dropped."""
+    import_reader()  # makes bertserve importable beside TensorFlow, without torch
+    from bertserve.machine_load import timed
+
     results = {name: [] for name in contenders}
     for r in range(n + 1):
         for name, fn in contenders.items():
-            other0, t0 = other_cpu_seconds(), time.perf_counter()
-            fn()
-            wall, other = time.perf_counter() - t0, other_cpu_seconds() - other0
+            sample = timed(fn)
+            wall, other = sample.wall, sample.others_cpu
             if r:
                 results[name].append((wall, other))
             print(f"round {r} {name:28s} {wall:7.3f} s   other processes {other:6.2f} CPU-s", file=sys.stderr)

@@ -1,15 +1,39 @@
-"""bertserve: BERT-family text vectors, served, searched and distilled. Offline."""
-import os
+"""bertserve: BERT-family text vectors, served, searched and distilled. Offline.
 
-# OpenMP threads that spin while waiting collapse under load on a busy machine (one sentence took 100-1300 ms
-# instead of 15 ms on a shared 2-core box); sleeping waits cost nothing measurable otherwise. It only takes
-# effect if set before torch is imported, hence here. A user's own setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+`import bertserve` is cheap: the names below are loaded on first use (module `__getattr__`), so the HTTP
+client, `bertserve --help` and anything else that needs no model never pay for torch or faiss.
+"""
+from __future__ import annotations
 
-from bertserve.client import AsyncClient, Client  # noqa: E402
-from bertserve.encode import Encoder, EncoderConfig  # noqa: E402
-from bertserve.models import CheckpointError  # noqa: E402
-from bertserve.search import Collection  # noqa: E402
+import importlib
+from importlib.metadata import PackageNotFoundError, version
 
-__version__ = "0.1.0"
-__all__ = ["AsyncClient", "Client", "Collection", "Encoder", "EncoderConfig", "CheckpointError", "__version__"]
+try:
+    __version__ = version("bertserve")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+# public name -> the module that defines it, imported when the name is first asked for
+_LAZY = {
+    "Encoder": "bertserve.encode",
+    "EncoderConfig": "bertserve.encode",
+    "Collection": "bertserve.search",
+    "CheckpointError": "bertserve.models",
+    "Client": "bertserve.client",
+    "AsyncClient": "bertserve.client",
+}
+
+__all__ = [*_LAZY, "__version__"]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bertserve' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -6,6 +6,7 @@ import importlib
 import logging
 import sys
 
+from bertserve.settings import prefer_passive_openmp
 from bertserve.errors import BertserveError, describe
 
 # Modules exposing add_parser(subparsers); one line per concept.
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    prefer_passive_openmp()  # before any command module can load torch
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

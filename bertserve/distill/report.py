@@ -9,12 +9,12 @@ each round also records the CPU seconds that other processes used, to recognise 
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
+from bertserve.machine_load import measure_speed as _measure_speed
 from bertserve.errors import BadInput
 
 REPORT_VERSION = 1
@@ -22,7 +22,10 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".onnx")
 
 
 def classification_metrics(y_true, y_pred, n_labels: int) -> dict:
-    """Accuracy and macro-F1 (unweighted mean of per-label F1; a label never predicted nor present counts 0)."""
+    """Accuracy and macro-F1 (scikit-learn's; a label never predicted nor present counts 0). Examples labelled
+    -1 (unlabelled) are left out."""
+    from sklearn.metrics import accuracy_score, f1_score
+
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if y_true.shape != y_pred.shape:
         raise BadInput(f"{len(y_true)} labels but {len(y_pred)} predictions")
@@ -30,13 +33,9 @@ def classification_metrics(y_true, y_pred, n_labels: int) -> dict:
     y_true, y_pred = y_true[keep], y_pred[keep]
     if y_true.size == 0:
         raise BadInput("no labelled examples to evaluate")
-    f1 = []
-    for c in range(n_labels):
-        tp = int(np.sum((y_pred == c) & (y_true == c)))
-        fp = int(np.sum((y_pred == c) & (y_true != c)))
-        fn = int(np.sum((y_pred != c) & (y_true == c)))
-        f1.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return {"accuracy": float(np.mean(y_true == y_pred)), "macro_f1": float(np.mean(f1)), "per_label_f1": f1}
+    per_label = f1_score(y_true, y_pred, labels=list(range(n_labels)), average=None, zero_division=0)
+    return {"accuracy": float(accuracy_score(y_true, y_pred)), "macro_f1": float(np.mean(per_label)),
+            "per_label_f1": [float(x) for x in per_label]}
 
 
 def count_parameters(model) -> int:
@@ -49,64 +48,17 @@ def weights_size_mb(path) -> float:
     return sum(p.stat().st_size for p in files) / 2**20
 
 
-class CpuMeter:
-    """CPU seconds used by other processes between start() and stop(): /proc/stat busy time minus ours."""
-
-    def __init__(self):
-        self._tick = os.sysconf("SC_CLK_TCK")
-        self._start = None
-
-    def _read(self):
-        try:
-            with open("/proc/stat") as f:
-                fields = [int(x) for x in f.readline().split()[1:]]
-            busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # minus idle and iowait
-            with open("/proc/self/stat") as f:
-                own = f.read().rsplit(")", 1)[1].split()
-            return busy, int(own[11]) + int(own[12])  # utime + stime of this process
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def start(self):
-        self._start = self._read()
-
-    def stop(self) -> float | None:
-        end = self._read()
-        if end is None or self._start is None:
-            return None
-        return max(0.0, ((end[0] - self._start[0]) - (end[1] - self._start[1])) / self._tick)
-
-
 def measure_speed(classifiers: dict, texts: list[str], rounds: int = 3, latency_texts: int = 30) -> dict:
-    """Throughput (texts/s over `texts`, batched) and single-text latency (ms, one text per call) per model.
-
-    Rounds are interleaved: round r runs every model before round r + 1 starts."""
-    if not texts:
-        raise BadInput("no texts to time")
-    singles = texts[:latency_texts]
-    for clf in classifiers.values():  # warm-up: first calls pay for lazy initialisation
-        clf.classify(texts[: min(len(texts), 8)])
-    runs = {name: {"throughput": [], "latency_p50_ms": [], "other_cpu_s": []} for name in classifiers}
-    meter = CpuMeter()
-    for _ in range(rounds):
-        for name, clf in classifiers.items():
-            meter.start()
-            t0 = time.perf_counter()
-            clf.classify(texts)
-            runs[name]["throughput"].append(len(texts) / (time.perf_counter() - t0))
-            lat = []
-            for t in singles:
-                t1 = time.perf_counter()
-                clf.classify([t])
-                lat.append((time.perf_counter() - t1) * 1000)
-            runs[name]["latency_p50_ms"].append(float(np.median(lat)))
-            runs[name]["other_cpu_s"].append(meter.stop())
+    """Throughput (texts/s over `texts`, batched) and single-text latency (ms) per classifier, in interleaved
+    rounds (bertserve.machine_load.measure_speed)."""
+    runs = _measure_speed({name: clf.classify for name, clf in classifiers.items()}, texts, rounds, latency_texts)
     out = {}
     for name, r in runs.items():
+        rows = {"throughput": r["texts_per_s"], "latency_p50_ms": r["latency_p50_ms"], "other_cpu_s": r["other_cpu_s"]}
         out[name] = {
-            "throughput_median": float(np.median(r["throughput"])), "throughput_min": float(np.min(r["throughput"])),
+            "throughput_median": float(np.median(r["texts_per_s"])), "throughput_min": float(np.min(r["texts_per_s"])),
             "latency_p50_ms_median": float(np.median(r["latency_p50_ms"])),
-            "latency_p50_ms_max": float(np.max(r["latency_p50_ms"])), "rounds": r}
+            "latency_p50_ms_max": float(np.max(r["latency_p50_ms"])), "rounds": rows}
     return out
 
 

@@ -68,7 +68,7 @@ class EncoderConfig:
             _positive_int("chunk_overlap", self.chunk_overlap, 0)
         m = self.max_seq_len
         if not (m is None or m == "auto" or (isinstance(m, numbers.Integral) and not isinstance(m, bool) and m >= 3)):
-            raise BadInput(f"max_seq_len must be an int >= 3, None or 'auto', got {m!r}")
+            raise BadInput(f"max_seq_len must be an int between 3 and the model's maximum, None or 'auto', got {m!r}")
         if self.backend not in BACKENDS:
             raise BadInput(f"unknown backend {self.backend!r}; valid: {', '.join(BACKENDS)}")
 

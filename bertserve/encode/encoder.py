@@ -79,10 +79,11 @@ class Encoder(Engine):
         if ckpt.dense:
             self.dim = ckpt.dense[-1][0].out_features
         self.backend = None
-        self.backend_choice = None  # for `auto`: the decision record (what was measured, what won)
+        self._auto = None  # for `auto`: the decision (read from the cache, or being measured in the background)
         if cfg.backend == "auto":
-            from bertserve.encode.backends.selection import choose_backend
-            self.backend, self.backend_choice = choose_backend(self, cfg.auto_gate, cfg.auto_sample)
+            from bertserve.encode.backends.selection import AutoChoice
+            self._auto = AutoChoice(self, cfg.auto_gate, cfg.auto_sample, self._switch_backend)
+            self.backend = self._auto.backend
         else:
             self.backend = make_backend(cfg.backend, ckpt, self.hidden_indices, self.need_pooler, self.use_type_ids,
                                         cfg.num_threads)
@@ -125,14 +126,44 @@ class Encoder(Engine):
         return dataclasses.replace(cfg, model=str(ckpt.path), pooling=pooling, layers=layers, max_seq_len=int(max_len),
                                    normalize=normalize, auto_gate=gate)
 
+    def _switch_backend(self, backend, record):
+        self.backend = backend  # read once per embed() call, so a call in flight finishes on the old one
+
+    @property
+    def backend_choice(self) -> dict | None:
+        """For `auto`: the decision record (what was measured, what won). Waits for a measurement in progress."""
+        return self.wait_for_backend()
+
+    def wait_for_backend(self, timeout: float | None = None) -> dict | None:
+        """For `auto` on a fresh cache: wait until the background measurement has chosen (and switched to) the
+        backend; returns the decision record (None for another backend, or on timeout)."""
+        return None if self._auto is None else self._auto.wait(timeout)
+
     @property
     def max_seq_len(self) -> int:
         return self.config.max_seq_len
 
+    def fingerprint(self) -> dict:
+        """What decides this encoder's vectors: the model's content (sha256 of its weight and config files, not
+        its path), pooling, layers, normalization, max_seq_len and width. A search collection records it, so a
+        query encoder that would put vectors in another space is refused instead of returning wrong neighbours.
+        The backend is left out: every backend `auto` may pick passes the quality gate against torch."""
+        if getattr(self, "_fingerprint", None) is None:
+            from bertserve.encode.backends.export_cache import checkpoint_content_hash
+
+            cfg = self.config
+            self._fingerprint = {"model": Path(cfg.model).name, "model_sha256": checkpoint_content_hash(self.checkpoint),
+                                 "pooling": cfg.pooling, "layers": list(cfg.layers), "normalize": bool(cfg.normalize),
+                                 "mask_cls_sep": bool(cfg.mask_cls_sep), "max_seq_len": int(cfg.max_seq_len),
+                                 "dim": int(self.dim)}
+        return dict(self._fingerprint)
+
     def info(self) -> dict:
         info = {**self.checkpoint.info(), "encoder": self.config.to_dict(), "dim": self.dim, "backend": self.backend.name}
-        if self.backend_choice is not None:
-            info["auto_choice"] = {k: v for k, v in self.backend_choice.items() if k != "entry"}
+        if self._auto is not None:
+            record = self._auto.record  # never waits: /status must answer while `auto` is still measuring
+            info["auto_choice"] = ({k: v for k, v in record.items() if k != "entry"} if record is not None
+                                   else {"status": "measuring in the background; serving on torch meanwhile"})
         return info
 
     # -- the engine contract (what the batcher calls) ------------------------------------------------
@@ -191,6 +222,7 @@ class Encoder(Engine):
             longest = max((len(item.windows[0]) for item in items), default=0)
             out_len = cfg.max_seq_len if self._fixed_length else longest
         per_window: dict[tuple[int, int], torch.Tensor] = {}
+        backend = self.backend  # once per call: `auto` may switch backends meanwhile, never within one call
         starts = range(0, len(windows), size)
         if progress:
             from tqdm import tqdm
@@ -198,7 +230,7 @@ class Encoder(Engine):
         for start in starts:
             batch = windows[start:start + size]
             vecs = self._embed_batch([items[i].windows[w] for i, w in batch],
-                                     [items[i].type_ids[w] for i, w in batch], out_len)
+                                     [items[i].type_ids[w] for i, w in batch], out_len, backend)
             for key, v in zip(batch, vecs):
                 per_window[key] = v
         if not items:
@@ -220,11 +252,12 @@ class Encoder(Engine):
             result = torch.nn.functional.normalize(result, p=2, dim=-1)
         return result.numpy().astype(cfg.dtype, copy=False)
 
-    def _embed_batch(self, ids: list[list[int]], type_ids: list[list[int]], out_len: int) -> torch.Tensor:
+    def _embed_batch(self, ids: list[list[int]], type_ids: list[list[int]], out_len: int,
+                     backend=None) -> torch.Tensor:
         batch = pad_batch(ids, self.tokenizer.pad_id, type_ids if self.use_type_ids else None)
         input_ids, mask = batch["input_ids"], batch["attention_mask"]
         length = input_ids.shape[1]
-        hidden, pooled = self.backend.forward(input_ids, mask, batch.get("token_type_ids"))
+        hidden, pooled = (backend or self.backend).forward(input_ids, mask, batch.get("token_type_ids"))
         h = torch.cat([hidden[i] for i in self._hidden_indices], dim=-1).float()
         content = None
         if self.config.mask_cls_sep:

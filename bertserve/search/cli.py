@@ -1,7 +1,9 @@
 """`bertserve index`, `bertserve search` and `bertserve cluster`: collections from the command line."""
 from __future__ import annotations
 
+import argparse
 import csv
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -44,11 +46,36 @@ def _json_line(line: str, n: int) -> dict:
     return row
 
 
+def _given_encoder_options(args) -> dict:
+    """The encoder options set on this command line: those that differ from the flags' own defaults."""
+    defaults = argparse.ArgumentParser()
+    add_encoder_arguments(defaults)
+    given, default = encoder_config_from_args(args), encoder_config_from_args(defaults.parse_args([]))
+    return {f.name: getattr(given, f.name) for f in dataclasses.fields(given)
+            if getattr(given, f.name) != getattr(default, f.name)}
+
+
+def _saved_encoder_config(args) -> dict | None:
+    config = Path(args.collection) / "collection.json"
+    if args.milvus or not config.is_file():
+        return None
+    return json.loads(config.read_text()).get("encoder")
+
+
 def _encoder(args, required: bool):
-    if not required and args.model is None:
-        return None  # an existing collection rebuilds the encoder it was made with
-    from bertserve.encode import Encoder
-    return Encoder(config=encoder_config_from_args(args))
+    """The encoder the command line asks for; None for an existing collection given no encoder option, which
+    then rebuilds the encoder it was made with. Options given without --model adjust that saved encoder (so
+    `--pooling` is never silently dropped: the collection refuses an encoder that does not match it)."""
+    from bertserve.encode import Encoder, EncoderConfig
+
+    if required or args.model is not None:
+        return Encoder(config=encoder_config_from_args(args))
+    given = _given_encoder_options(args)
+    if not given:
+        return None
+    saved = _saved_encoder_config(args)
+    base = EncoderConfig.from_dict(saved) if saved else encoder_config_from_args(args)
+    return Encoder(config=dataclasses.replace(base, **given))
 
 
 def run_index(args) -> int:
@@ -69,7 +96,10 @@ def run_index(args) -> int:
         path = Path(args.collection)
         exists = (path / "collection.json").exists()
         encoder = _encoder(args, required=not exists)
-        col = (Collection.open(path, encoder=encoder) if exists else
+        if args.reembed and (not exists or encoder is None):
+            raise BadInput("--reembed re-embeds an existing collection with the encoder given by --model "
+                             "and/or encoder options")
+        col = (Collection.open(path, encoder=encoder, reembed=args.reembed) if exists else
                Collection.create(path, encoder=encoder, index=args.index, metric=args.metric,
                                  bm25=False if args.analyzer == "none" else args.analyzer))
     total = sum(1 for _ in open(args.file, encoding="utf-8")) - (1 if args.file.endswith(".csv") else 0)
@@ -174,6 +204,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch", type=int, default=INDEX_BATCH, help="records per durable add")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--milvus", metavar="URI", help=MILVUS_HELP)
+    p.add_argument("--reembed", action="store_true", help="embed every stored text again with the encoder given "
+                   "(--model and/or encoder options) and make it the collection's encoder")
     add_encoder_arguments(p)
     p.set_defaults(func=run_index)
 

@@ -72,13 +72,14 @@ class Item(NamedTuple):
 class Collection(VectorInput):
     """Open with `Collection.create(path, ...)` or `Collection.open(path)`; not via the constructor."""
 
-    def __init__(self, path: Path, config: dict, encoder=None):
+    def __init__(self, path: Path, config: dict, encoder=None, reembed: bool = False):
         self.path = path
         self.config = config
         self.dim: int = config["dim"]
         self.spec = specs.IndexSpec(config["index"], config["metric"], config.get("params") or {},
                                     config.get("memory_budget"))
-        self.embedder = Embedder(encoder, config.get("encoder"))
+        self.embedder = Embedder(None if reembed else encoder, config.get("encoder"),
+                                 config.get("encoder_fingerprint"), f"collection {path}")
         self._lock = threading.RLock()
         self._lockfile = _lock_folder(path)
         try:
@@ -116,6 +117,7 @@ class Collection(VectorInput):
             specs.build_index(spec.factory, dim, metric)  # fail now on a bad factory string
         config = {"format_version": FORMAT_VERSION, "dim": dim, "metric": metric, "index": spec.factory,
                   "params": spec.params, "memory_budget": memory_budget, "encoder": embedder.config(),
+                  "encoder_fingerprint": embedder.fingerprint(),
                   "bm25": bm25_config.to_dict() if bm25_config else None}
         path.mkdir(parents=True, exist_ok=True)
         tmp = path / (CONFIG + ".tmp")
@@ -127,7 +129,11 @@ class Collection(VectorInput):
         return cls(path, config, encoder)
 
     @classmethod
-    def open(cls, path, encoder=None) -> "Collection":
+    def open(cls, path, encoder=None, reembed: bool = False) -> "Collection":
+        """Open a collection. Text queries are embedded by `encoder`, which must be the encoder that built it
+        (checked by fingerprint; bertserve.errors.Conflict otherwise), or, without one, by that encoder rebuilt
+        from the saved config. `reembed=True` embeds every stored text again with `encoder` instead and makes it
+        the collection's encoder (see `reembed`)."""
         path = Path(path)
         try:
             config = json.loads((path / CONFIG).read_text())
@@ -141,7 +147,17 @@ class Collection(VectorInput):
         if not (path / "store.sqlite").exists():
             # never silently start an empty store under an existing collection
             raise MissingFile(f"collection {path} has lost its store.sqlite (its items); restore it from a backup")
-        return cls(path, config, encoder)
+        if not reembed:
+            return cls(path, config, encoder)
+        if encoder is None:
+            raise BadInput("reembed=True needs the new encoder")
+        col = cls(path, config, encoder, reembed=True)
+        try:
+            col.reembed(encoder)
+        except BaseException:
+            col.close()
+            raise
+        return col
 
     def close(self):
         with self._lock:
@@ -223,6 +239,31 @@ class Collection(VectorInput):
             self._bm25_add(new_iids, new_texts)
             self._unsaved += 2 * n
             self._after_change()
+
+    def reembed(self, encoder, batch: int = 256) -> int:
+        """Embed every stored text again with `encoder` and record it as the collection's encoder (its config
+        and fingerprint in collection.json); ids and metadata stay. The new vectors must have the collection's
+        width. Returns how many items were re-embedded. Interrupted, it leaves old and new vectors mixed and the
+        old encoder recorded: run it again."""
+        new = Embedder(encoder, None)
+        if new.dim() != self.dim:
+            raise Conflict(f"the new encoder makes {new.dim()}-dimensional vectors and collection {self.path} holds "
+                           f"{self.dim}: create a new collection for it and index the texts there")
+        with self._lock:
+            self._check_open()
+            ids = self.store.ids_page(0, len(self) + 1)
+            textless = [item.id for start in range(0, len(ids), batch) for item in self.get(ids[start:start + batch])
+                        if item is not None and item.text is None]
+            if textless:
+                raise Conflict(f"{len(textless)} items have vectors but no text to re-embed (e.g. {textless[:3]})")
+            self.embedder = new
+            for start in range(0, len(ids), batch):
+                page = [item for item in self.get(ids[start:start + batch]) if item is not None]
+                self.update([it.id for it in page], vectors=new.embed([it.text for it in page]))
+            self.config = {**self.config, "encoder": new.config(), "encoder_fingerprint": new.fingerprint()}
+            _write_json_atomically(self.path / CONFIG, self.config)
+            self.compact()  # every item was re-inserted: drop what graph indexes only masked, save the index
+        return len(ids)
 
     def compact(self) -> None:
         """Rebuild the index from the stored vectors (drops masked deletes, retrains) and save it."""
@@ -594,6 +635,15 @@ class _Names:
         out = self.names[np.maximum(iids, 0)] if len(self.names) else np.full(iids.shape, None, dtype=object)
         out[iids < 0] = None
         return out
+
+
+def _write_json_atomically(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def _lock_folder(path: Path) -> int:

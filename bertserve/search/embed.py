@@ -3,6 +3,13 @@
 A collection accepts an `Encoder` (anything with `.encode(texts)`) or a plain callable
 `embed(texts) -> ndarray`, which lets the server route texts through its batcher. The encoder's config
 is saved with the collection so `Collection.open` can rebuild the same encoder when none is given.
+
+The encoder's fingerprint (`Encoder.fingerprint()`: model content hash, pooling, layers, normalize,
+max_seq_len, dim) is saved too. Vectors of another model or pooling live in another space, so a query encoder
+whose fingerprint differs from the one that built the collection is refused (`Conflict`, naming both) instead
+of returning wrong neighbours; re-embedding the stored texts is an explicit step (`Collection.reembed`). A bare
+callable has no fingerprint and cannot be checked; a wrapper (the server's BatchedEncoder) passes on the
+fingerprint of the encoder it wraps.
 """
 from __future__ import annotations
 
@@ -10,15 +17,56 @@ import json
 
 import numpy as np
 
-from bertserve.errors import BadInput, BadInputType
+from bertserve.errors import BadInput, BadInputType, Conflict
+
+# fingerprint keys that identify the vector space (the model's folder name is only there to name it)
+SPACE_KEYS = ("model_sha256", "pooling", "layers", "normalize", "mask_cls_sep", "max_seq_len", "dim")
+
+
+def fingerprint_of(encoder) -> dict | None:
+    """The fingerprint of an Encoder, of the Encoder behind a bound method (`encoder.encode`) or of the one a
+    wrapper forwards to (the server's BatchedEncoder); None for a bare callable."""
+    for obj in (encoder, getattr(encoder, "__self__", None)):
+        fp = getattr(obj, "fingerprint", None)
+        if callable(fp):
+            return fp()
+    return None
+
+
+def describe_fingerprint(fp: dict) -> str:
+    return (f"{fp.get('model', '?')} (sha256 {str(fp.get('model_sha256', '?'))[:12]}, {fp.get('pooling')}, "
+            f"layers {fp.get('layers')}, normalize {fp.get('normalize')}, max_seq_len {fp.get('max_seq_len')}, "
+            f"dim {fp.get('dim')})")
+
+
+def same_space(a: dict, b: dict) -> bool:
+    return all(a[k] == b[k] for k in SPACE_KEYS if k in a and k in b)
 
 
 class Embedder:
-    def __init__(self, encoder=None, saved_config: dict | None = None):
+    def __init__(self, encoder=None, saved_config: dict | None = None, expected: dict | None = None,
+                 where: str = "this collection"):
+        """`expected`: the fingerprint of the encoder that built the collection, checked against `encoder`
+        now and against an encoder rebuilt from `saved_config` when it is built."""
         if encoder is not None and not (hasattr(encoder, "encode") or callable(encoder)):
             raise BadInputType("encoder must be an Encoder or a callable embed(texts) -> ndarray")
         self.encoder = encoder
         self.saved_config = saved_config
+        self.expected, self.where = expected, where
+        if encoder is not None:
+            self._check(encoder)
+
+    def _check(self, encoder):
+        got = fingerprint_of(encoder) if self.expected else None
+        if got is not None and not same_space(self.expected, got):
+            raise Conflict(f"{self.where} was built by {describe_fingerprint(self.expected)}, and the encoder given "
+                           f"is {describe_fingerprint(got)}: its vectors are in another space and would give wrong "
+                           "neighbours. Open it with the encoder that built it (or without one, to rebuild that), "
+                           "or re-embed every stored text with the new one: Collection.open(path, encoder=..., "
+                           "reembed=True), `bertserve index ... --reembed`")
+
+    def fingerprint(self) -> dict | None:
+        return fingerprint_of(self.encoder) if self.encoder is not None else self.expected
 
     def _function(self):
         if self.encoder is None:
@@ -29,7 +77,9 @@ class Embedder:
                 EncoderConfig,
             )
 
-            self.encoder = Encoder(config=EncoderConfig.from_dict(self.saved_config))
+            encoder = Encoder(config=EncoderConfig.from_dict(self.saved_config))
+            self._check(encoder)  # the model folder may have changed since the collection was built
+            self.encoder = encoder
         return self.encoder.encode if hasattr(self.encoder, "encode") else self.encoder
 
     def embed(self, texts: list[str]) -> np.ndarray:

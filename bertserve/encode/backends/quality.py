@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from bertserve.errors import BadInput
+from bertserve.evaluation import neighbour_overlap, paired_cosines
 
 
 @dataclass(frozen=True)
@@ -30,27 +30,8 @@ class Quality:
         return asdict(self)
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    x = x.reshape(len(x), -1).astype(np.float64)  # NONE pooling: a text's token vectors compare as one row
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def _top_k(unit: np.ndarray, k: int) -> np.ndarray:
-    sims = unit @ unit.T
-    np.fill_diagonal(sims, -np.inf)
-    return np.argpartition(-sims, k, axis=1)[:, :k]
-
-
 def measure_quality(reference: np.ndarray, candidate: np.ndarray, k: int = 10) -> Quality:
     """Cosine of each row to its reference row, and how many of each row's k nearest neighbours (cosine, among
     the same texts) stay the same: the part of search results a user would see change."""
-    if reference.shape != candidate.shape:
-        raise BadInput(f"shapes differ: reference {reference.shape}, candidate {candidate.shape}")
-    ref, got = _unit_rows(reference), _unit_rows(candidate)
-    cos = (ref * got).sum(1)
-    k = min(k, len(ref) - 1)
-    overlap = 1.0
-    if k > 0:
-        a, b = _top_k(ref, k), _top_k(got, k)
-        overlap = float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a.tolist(), b.tolist())]))
-    return Quality(float(cos.mean()), float(cos.min()), overlap)
+    cos = paired_cosines(reference, candidate)
+    return Quality(float(cos.mean()), float(cos.min()), neighbour_overlap(reference, candidate, k))

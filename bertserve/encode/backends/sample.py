@@ -8,16 +8,13 @@ from __future__ import annotations
 import bz2
 import functools
 import html
-import importlib.util
 import re
-from pathlib import Path
 
-from bertserve.errors import BadInput, Unavailable
+from bertserve.errors import BadInput
+from bertserve.evaluation import gensim_file, lee_background_sentences, split_sentences
 
-LEE_BACKGROUND = "gensim/test/test_data/lee_background.cor"
-WIKI_SAMPLE = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+WIKI_SAMPLE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
 # Wiki markup removed before splitting: templates, references, tables, files, HTML comments and tags.
 _MARKUP = [
     (re.compile(r"<!--.*?-->", re.S), " "),
@@ -32,30 +29,6 @@ _MARKUP = [
 _TEMPLATE = re.compile(r"\{\{[^{}]*\}\}")
 
 
-class SampleUnavailable(Unavailable):
-    """The shipped text files are missing (gensim is not installed)."""
-
-
-def _data_file(relative: str) -> Path:
-    spec = importlib.util.find_spec("gensim")  # finds the package folder without importing gensim
-    if spec is not None and spec.origin:
-        path = Path(spec.origin).parent.parent / relative
-        if path.is_file():
-            return path
-    raise SampleUnavailable(f"{relative} not found: install gensim (pip install gensim), whose test data carries "
-                            "the real English text bertserve measures backends on")
-
-
-def _sentences(text: str, min_words: int) -> list[str]:
-    out = []
-    for paragraph in text.split("\n"):
-        for s in _SENTENCE_END.split(paragraph.strip()):
-            s = " ".join(s.split())
-            if len(s.split()) >= min_words and not s.startswith(("*", "|", "=", "!", "{", "}")):
-                out.append(s)
-    return out
-
-
 def _wiki_text(page: str) -> str:
     text = html.unescape(html.unescape(page))  # the dump escapes entities twice
     previous = None
@@ -66,14 +39,13 @@ def _wiki_text(page: str) -> str:
     return text
 
 
-@functools.lru_cache(maxsize=None)
 def lee_sentences() -> tuple[str, ...]:
-    return tuple(_sentences(_data_file(LEE_BACKGROUND).read_text(encoding="utf-8", errors="replace"), 3))
+    return tuple(lee_background_sentences(min_words=3))
 
 
 @functools.lru_cache(maxsize=None)
 def _wiki_pages() -> tuple[str, ...]:
-    with bz2.open(_data_file(WIKI_SAMPLE), "rt", encoding="utf-8") as f:
+    with bz2.open(gensim_file(WIKI_SAMPLE), "rt", encoding="utf-8") as f:
         return tuple(re.findall(r"<text[^>]*>(.*?)</text>", f.read(), re.S))
 
 
@@ -82,7 +54,7 @@ def wiki_sentences(limit: int | None = None) -> tuple[str, ...]:
     """Sentences of the Wikipedia sample, in page order; cleaning stops once `limit` are found (it is the slow part)."""
     out: list[str] = []
     for page in _wiki_pages():
-        out.extend(_sentences(_wiki_text(page), 3))
+        out.extend(split_sentences(_wiki_text(page), 3))
         if limit is not None and len(out) >= limit:
             return tuple(out[:limit])
     return tuple(out)

@@ -1,0 +1,105 @@
+"""CPU time this process and everything else on the machine used, so a disturbed measurement shows itself
+(benchmark rounds, distillation reports, and the timing behind an `auto` decision), and the one speed
+timer the reports share: interleaved throughput rounds plus single-text latency, each round with its load."""
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import time
+from dataclasses import dataclass
+
+from bertserve.errors import BadInput
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_seconds() -> float:
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / _TICK
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of another process (a server under test), from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@dataclass
+class Sample:
+    wall: float
+    own_cpu: float
+    others_cpu: float  # CPU seconds the rest of the machine used while we were timed
+
+
+class Meter:
+    """`with Meter() as m: ...` then m.sample: wall time, own CPU, other processes' CPU during the block.
+
+    `pids` are further processes whose CPU counts as ours (a server the block talks to)."""
+
+    def __init__(self, pids: tuple[int, ...] = ()):
+        self.pids = tuple(pids)
+
+    def _own(self) -> float:
+        return _own_cpu_seconds() + sum(process_cpu_seconds(p) for p in self.pids)
+
+    def __enter__(self):
+        self._t, self._machine, self._own0 = time.perf_counter(), _machine_busy_seconds(), self._own()
+        return self
+
+    def __exit__(self, *exc):
+        wall = time.perf_counter() - self._t
+        own = self._own() - self._own0
+        self.sample = Sample(wall, own, max(0.0, _machine_busy_seconds() - self._machine - own))
+        return False
+
+
+def timed(fn) -> Sample:
+    """Run fn() once under a Meter."""
+    with Meter() as m:
+        fn()
+    return m.sample
+
+
+def measure_speed(models: dict, texts: list, rounds: int = 3, latency_texts: int = 30) -> dict:
+    """Throughput and single-text latency of each model (`models[name](texts)` does the work).
+
+    Rounds are interleaved (every model runs once before the next round starts, and who goes first alternates),
+    so a burst of load from elsewhere hits all contenders alike; each round records the CPU seconds other
+    processes used. Returns name -> {"texts_per_s": [per round], "other_cpu_s": [per round],
+    "latency_ms": [every single-text call], "latency_p50_ms": [per round]}."""
+    if not texts:
+        raise BadInput("no texts to time")
+    singles = texts[:latency_texts]
+    for run in models.values():  # warm-up: first calls pay for lazy initialisation
+        run(texts[:8])
+    names = list(models)
+    out = {n: {"texts_per_s": [], "other_cpu_s": [], "latency_ms": [], "latency_p50_ms": []} for n in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else reversed(names):
+            run, row = models[name], out[name]
+            with Meter() as m:
+                start = time.perf_counter()
+                run(texts)
+                row["texts_per_s"].append(len(texts) / (time.perf_counter() - start))
+                lat = [timed(lambda t=t: run([t])).wall * 1000 for t in singles]
+            row["latency_ms"] += lat
+            row["latency_p50_ms"].append(statistics.median(lat) if lat else float("nan"))
+            row["other_cpu_s"].append(m.sample.others_cpu)
+    return out
