@@ -32,21 +32,15 @@ WRITER = textwrap.dedent(f"""
 """)
 
 
-def batch(b):
-    return np.random.default_rng(b).standard_normal((BATCH, DIM)).astype("float32")
-
-
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("factory", ["Flat", "HNSW32"])
-def test_sigkill_mid_ingest_keeps_every_acknowledged_item(tmp_path, factory):
-    path = tmp_path / "c"
+def kill_writer_after(script: str, args: list[str], acks: int) -> list[int]:
+    """Run a writer that prints "ACK <n>" after each durable add; SIGKILL it once `acks` came in, at a
+    varying point of its next add. Returns every batch it acknowledged, those printed as it died too."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), factory], stdout=subprocess.PIPE,
-                            text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE, text=True, env=env)
     acked = []
     try:
         deadline = time.time() + 90
-        while len(acked) < 10 and time.time() < deadline:
+        while len(acked) < acks and time.time() < deadline:
             line = proc.stdout.readline()
             if not line:
                 break
@@ -60,6 +54,18 @@ def test_sigkill_mid_ingest_keeps_every_acknowledged_item(tmp_path, factory):
         proc.wait()
         proc.stdout.close()
     assert proc.returncode == -signal.SIGKILL
+    return acked
+
+
+def batch(b):
+    return np.random.default_rng(b).standard_normal((BATCH, DIM)).astype("float32")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32"])
+def test_sigkill_mid_ingest_keeps_every_acknowledged_item(tmp_path, factory):
+    path = tmp_path / "c"
+    acked = kill_writer_after(WRITER, [str(path), factory], acks=10)
     assert len(acked) >= 10, "writer did not get going"
     with Collection.open(path) as col:
         n = len(col)

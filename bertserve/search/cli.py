@@ -93,7 +93,7 @@ def run_index(args) -> int:
         index = "FLAT" if args.index == "auto" else args.index
         col = (MilvusCollection.open(args.milvus, args.collection, encoder=encoder) if exists else
                MilvusCollection.create(args.milvus, args.collection, encoder=encoder, index=index,
-                                       metric=args.metric))
+                                       metric=args.metric, bm25=False if args.analyzer == "none" else args.analyzer))
     else:
         path = Path(args.collection)
         exists = (path / "collection.json").exists()
@@ -102,7 +102,8 @@ def run_index(args) -> int:
             raise BadInput("--reembed re-embeds an existing collection with the encoder given by --model "
                              "and/or encoder options")
         col = (Collection.open(path, encoder=encoder, reembed=args.reembed) if exists else
-               Collection.create(path, encoder=encoder, index=args.index, metric=args.metric))
+               Collection.create(path, encoder=encoder, index=args.index, metric=args.metric,
+                                 bm25=False if args.analyzer == "none" else args.analyzer))
     total = sum(1 for _ in open(args.file, encoding="utf-8")) - (1 if args.file.endswith(".csv") else 0)
     added = skipped = 0
     with col, tqdm(total=total, unit="rec", disable=args.quiet, file=sys.stderr) as bar:
@@ -142,8 +143,13 @@ def run_search(args) -> int:
     else:
         col = Collection.open(args.collection, encoder=encoder)
     with col:
-        for hit in col.search(args.query, k=args.k, filter=filt, params=params):
-            print(json.dumps(hit._asdict(), ensure_ascii=False))
+        modes = {} if args.mode == "dense" else {"mode": args.mode, "fusion": args.fusion, "rrf_k": args.rrf_k,
+                                                 "weights": _json_arg(args.weights, "--weights")}
+        for hit in col.search(args.query, k=args.k, filter=filt, params=params, **modes):
+            row = hit._asdict()
+            if row["scores"] is None:
+                del row["scores"]
+            print(json.dumps(row, ensure_ascii=False))
     return 0
 
 
@@ -197,6 +203,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--index", default="auto", help="Faiss factory string or 'auto' (new collections); "
                    "with --milvus a Milvus index type (auto: FLAT)")
     p.add_argument("--metric", choices=("cosine", "ip", "l2"), default="cosine")
+    p.add_argument("--analyzer", default="standard",
+                   help="BM25 analyzer of a new collection: standard, english, chinese, chinese-jieba, or none")
     p.add_argument("--batch", type=int, default=INDEX_BATCH, help="records per durable add")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--milvus", metavar="URI", help=MILVUS_HELP)
@@ -211,6 +219,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--filter", help='metadata filter as JSON, e.g. \'{"year": {"$gte": 2018}}\'')
     p.add_argument("--params", help='search parameters as JSON, e.g. \'{"nprobe": 16}\'')
+    p.add_argument("--mode", choices=("dense", "bm25", "hybrid"), default="dense",
+                   help="vectors, keywords (BM25) or both fused")
+    p.add_argument("--fusion", choices=("rrf", "weighted"), default="rrf", help="how hybrid fuses the two")
+    p.add_argument("--rrf-k", type=float, default=60, help="the k of reciprocal rank fusion")
+    p.add_argument("--weights", help='hybrid weights as JSON, e.g. \'{"dense": 0.7, "bm25": 0.3}\'')
     p.add_argument("--milvus", metavar="URI", help=MILVUS_HELP)
     add_encoder_arguments(p)
     p.set_defaults(func=run_search)

@@ -5,6 +5,7 @@ Folder layout (format version in collection.json):
     collection.json     format version, dim, metric, index spec, default search params, encoder config
     store.sqlite        items (the source of truth) + state, WAL journal with synchronous=FULL
     index-<gen>.faiss   a snapshot of the Faiss index; its generation and sha256 live in store.sqlite
+    bm25-<gen>.npz      a snapshot of the BM25 index of the texts (bertserve.search.bm25), kept the same way
     LOCK                held (flock) by the one process that has the collection open
 
 `add` commits to SQLite before it touches Faiss, so an acknowledged item is on disk. On open, items
@@ -29,10 +30,12 @@ import faiss
 import numpy as np
 
 from bertserve.errors import AlreadyExists, BadInput, Conflict, MissingFile, NotFound
+from bertserve.search import fusion as fusions
 from bertserve.search import spec as specs
+from bertserve.search.bm25 import BM25Config, BM25Index, write_snapshot
 from bertserve.search.cluster import KMeansResult, fit_pca, kmeans
 from bertserve.search.embed import Embedder, VectorInput
-from bertserve.search.engine import VectorIndex, calibrate, fsync_dir
+from bertserve.search.engine import VectorIndex, calibrate, file_sha256, fsync_dir
 from bertserve.search.filters import compile_filter
 from bertserve.search.inputs import MAX_K, check_dim, check_ids, check_metadata, check_texts, clamp_k, prepare_add
 from bertserve.search.store import Store
@@ -53,6 +56,8 @@ class Hit(NamedTuple):
     score: float
     text: str | None
     metadata: dict | None
+    # bm25 and hybrid modes: each part's score and rank next to the fused one (None where absent)
+    scores: dict | None = None
 
 
 class Item(NamedTuple):
@@ -96,6 +101,7 @@ class Collection(VectorInput):
             self._auto_params = self.store.state("auto_params", {}) if self.spec.factory == "auto" else {}
             self._unsaved = 0
             self.vindex = self._load_index()
+            self.bm25 = self._load_bm25()
             self._after_change()
         except BaseException:
             if self.store is not None:
@@ -107,10 +113,15 @@ class Collection(VectorInput):
     # ---- creating and opening ----------------------------------------------------------------------
     @classmethod
     def create(cls, path, encoder=None, dim: int | None = None, index: str = "auto", metric: str = "cosine",
-               params: dict | None = None, memory_budget: int | None = None) -> "Collection":
+               params: dict | None = None, memory_budget: int | None = None,
+               bm25="standard") -> "Collection":
         """A new collection at `path`. Atomic: it is built in a hidden folder beside `path` and renamed
-        into place, so a create that fails (or is killed) leaves no half-made collection behind."""
+        into place, so a create that fails (or is killed) leaves no half-made collection behind.
+
+        `bm25`: the keyword index's analyzer (a preset name of bertserve.search.bm25.PRESETS, a dict
+        of Analyzer fields, or {"analyzer": ..., "k1": ..., "b": ...}); False for vectors only."""
         path = Path(path)
+        bm25_config = BM25Config.of(bm25)
         if (path / CONFIG).exists():
             raise AlreadyExists(f"a collection already exists at {path}")
         spec = specs.IndexSpec(index, metric, params or {}, memory_budget)
@@ -124,7 +135,8 @@ class Collection(VectorInput):
             specs.build_index(spec.factory, dim, metric)  # fail now on a bad factory string
         config = {"format_version": FORMAT_VERSION, "dim": dim, "metric": metric, "index": spec.factory,
                   "params": spec.params, "memory_budget": memory_budget, "encoder": embedder.config(),
-                  "encoder_fingerprint": embedder.fingerprint()}
+                  "encoder_fingerprint": embedder.fingerprint(),
+                  "bm25": bm25_config.to_dict() if bm25_config else None}
         _build_folder(path, config)
         with _OPEN_LOCK:
             try:
@@ -199,6 +211,8 @@ class Collection(VectorInput):
             try:
                 if self._unsaved:
                     self._save_index()
+                if self._bm25_unsaved:
+                    self._save_bm25()
             finally:
                 self.store.close()
                 self.store = None
@@ -231,6 +245,7 @@ class Collection(VectorInput):
             iids = self.store.add(ids, texts if texts is not None else [None] * n, metas, vectors)
             self._names.add(iids, ids)
             self.vindex.add(iids, vectors)
+            self._bm25_add(iids, texts)
             self._unsaved += n
             self._after_change()
         return ids
@@ -243,6 +258,7 @@ class Collection(VectorInput):
             iids = self.store.delete(ids)
             self._names.remove(iids)
             self.vindex.remove(iids)
+            self._bm25_remove(iids)
             self._unsaved += len(iids)
             self._after_change()
         return len(iids)
@@ -277,6 +293,8 @@ class Collection(VectorInput):
             self._names.add(new_iids, ids)
             self.vindex.remove(old_iids)
             self.vindex.add(new_iids, vectors)
+            self._bm25_remove(old_iids)
+            self._bm25_add(new_iids, new_texts)
             self._unsaved += 2 * n
             self._after_change()
 
@@ -310,21 +328,37 @@ class Collection(VectorInput):
         with self._lock:
             self._check_open()
             self._rebuild(self._target_factory(len(self)), force=True)
+            if self.bm25 is not None:
+                self.bm25.compact()
+                self._save_bm25()
 
     def flush(self) -> None:
         """Save the index snapshot now (items are always durable; this only shortens the next open)."""
         with self._lock:
             self._check_open()
             self._save_index()
+            if self.bm25 is not None:
+                self._save_bm25()
 
     # ---- reading -----------------------------------------------------------------------------------
     def search(self, query, k: int = 10, filter: dict | None = None, params: dict | None = None,
-               include_text: bool = True, include_metadata: bool = True):
+               include_text: bool = True, include_metadata: bool = True, mode: str = "dense",
+               fusion: str = "rrf", rrf_k: float = fusions.RRF_K, weights: dict | None = None,
+               window: int | None = None):
         """Nearest items to a text, a vector, or a batch of either.
 
-        One query gives a list of Hit(id, score, text, metadata); a batch gives a list of such lists.
-        Scores are cosine similarity (metric cosine), inner product (ip) or squared L2 distance (l2).
+        One query gives a list of Hit(id, score, text, metadata, scores); a batch gives a list of such
+        lists. mode "dense": scores are cosine similarity (metric cosine), inner product (ip) or
+        squared L2 distance (l2). mode "bm25": BM25 scores of the text query; only items sharing a term
+        with it. mode "hybrid": both, fused by reciprocal rank (`fusion="rrf"`, `rrf_k`) or by weighted
+        min-max normalized scores (`fusion="weighted"`); `weights` {"dense": w, "bm25": w}; each part
+        hands its best `window` items (default max(k, 100)) to the fusion. Filters apply before the
+        top k is cut in every mode.
         """
+        part_weights = fusions.check_search_mode(mode, fusion, rrf_k, weights)
+        if mode != "dense":
+            return self._search_keywords(query, k, filter, params, include_text, include_metadata, mode,
+                                         fusion, rrf_k, part_weights, window)
         single, scores, iids = self._search(query, k, filter, params)
         with self._lock:
             rows = None
@@ -414,7 +448,112 @@ class Collection(VectorInput):
             return {"name": self.path.name, "count": len(self), "dim": self.dim, "metric": self.spec.metric,
                     "index": self.spec.factory, "built_index": self.vindex.factory,
                     "trained": bool(self.vindex.index.is_trained), "masked_deletes": int(len(self.vindex.masked)),
-                    "params": self.spec.params, "auto_params": self._auto_params, "format_version": FORMAT_VERSION}
+                    "params": self.spec.params, "auto_params": self._auto_params, "format_version": FORMAT_VERSION,
+                    "bm25": self._bm25_stats()}
+
+    # ---- keyword (BM25) and hybrid search --------------------------------------------------------------
+    def _search_keywords(self, query, k, filter, params, include_text, include_metadata, mode, fusion,
+                         rrf_k, weights, window):
+        """search() in mode "bm25" or "hybrid": needs text queries."""
+        k = clamp_k(k, len(self), self.max_k)
+        single, texts = fusions.text_queries(query, mode)
+        if self.bm25 is None:
+            raise Conflict(f"collection {self.path.name} was created without a BM25 index (bm25=False); "
+                           "only mode 'dense' is available")
+        window = fusions.check_window(window, k)
+        where = compile_filter(filter) if filter is not None else None
+        dense = None
+        if mode == "hybrid":
+            _, d_scores, d_iids = self._search(list(texts), window, filter, params)
+            dense = [fusions.Ranked(i[i >= 0], s[i >= 0], self.spec.metric != "l2") for s, i in zip(d_scores, d_iids)]
+        with self._lock:
+            self._check_open()
+            allowed = self.store.matching(*where) if where is not None else None
+            keyword = []
+            for t in texts:
+                scores, iids = self.bm25.search(t, window if dense else int(k), allowed)
+                keyword.append(fusions.Ranked(iids, scores))
+            answers = []
+            for n, ranked in enumerate(keyword):
+                if dense is None:
+                    parts = [{"bm25": float(s), "bm25_rank": r + 1} for r, s in enumerate(ranked.scores.tolist())]
+                    answers.append((ranked.iids, ranked.scores.tolist(), parts))
+                else:
+                    fused = fusions.fuse({"dense": dense[n], "bm25": ranked}, int(k), fusion, weights, rrf_k)
+                    answers.append((fused.iids, fused.scores.tolist(), fused.parts))
+            rows = None
+            if include_text or include_metadata:
+                found = np.concatenate([a[0] for a in answers]) if answers else np.empty(0, np.int64)
+                rows = self.store.rows(np.unique(found))
+            names = self._names.names
+            out = []
+            for iids, scores, parts in answers:
+                hits = []
+                for iid, score, part in zip(iids.tolist(), scores, parts):
+                    if rows is None:
+                        hits.append(Hit(names[iid], score, None, None, part))
+                    else:
+                        row = rows[iid]
+                        hits.append(Hit(row[0], score, row[1] if include_text else None,
+                                        row[2] if include_metadata else None, part))
+                out.append(hits)
+        return out[0] if single else out
+
+    def _load_bm25(self) -> BM25Index | None:
+        """The keyword index: the snapshot brought up to date with the store, or rebuilt from the texts."""
+        self._bm25_unsaved = 0
+        config = BM25Config.of(self.config.get("bm25", "standard"))  # collections made before BM25: standard
+        if config is None:
+            return None
+        gen = self.store.state("bm25_gen")
+        index, covers = BM25Index(config), -1
+        if gen is not None:
+            path = self.path / f"bm25-{gen}.npz"
+            try:
+                if file_sha256(path) != self.store.state("bm25_sha256"):
+                    raise ValueError(f"checksum mismatch for {path.name}")
+                index, covers = BM25Index.from_file(path, config), self.store.state("bm25_covers", -1)
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("BM25 index of %s is missing or damaged (%s); rebuilding it from the stored texts",
+                            self.path, exc)
+                gen = None
+        live = np.flatnonzero(np.not_equal(self._names.names, None))
+        gone = np.setdiff1d(index.doc_iids, live, assume_unique=True)
+        index.remove(gone)
+        newer, texts = self.store.texts(after=covers)
+        if gen is None and len(newer):
+            log.info("indexing %d stored texts for BM25 in %s", len(newer), self.path)
+        index.add(newer, texts)
+        self.bm25 = index
+        self._bm25_unsaved = len(gone) + len(newer)
+        if gen is None and self._bm25_unsaved:
+            self._save_bm25()
+        return index
+
+    def _save_bm25(self):
+        gen = self.store.state("bm25_gen", 0) + 1
+        path = self.path / f"bm25-{gen}.npz"
+        sha = write_snapshot(self.bm25, path)
+        self.store.set_state(bm25_gen=gen, bm25_sha256=sha, bm25_covers=self.store.state("next_iid", 0) - 1)
+        for old in self.path.glob("bm25-*.npz"):
+            if old != path:
+                old.unlink(missing_ok=True)
+        self._bm25_unsaved = 0
+
+    def _bm25_add(self, iids, texts):
+        if self.bm25 is not None and texts is not None:
+            self.bm25.add(iids, texts)
+            self._bm25_unsaved += len(iids)
+
+    def _bm25_remove(self, iids):
+        if self.bm25 is not None:
+            self.bm25.remove(iids)
+            self._bm25_unsaved += len(iids)
+
+    def _bm25_stats(self) -> dict | None:
+        if self.bm25 is None:
+            return None
+        return {**self.bm25.config.to_dict(), "documents": self.bm25.live, "terms": len(self.bm25.vocab)}
 
     # ---- clustering and reduction ----------------------------------------------------------------------
     def kmeans(self, k: int, niter: int = 20, seed: int = 1234) -> tuple[list[str], KMeansResult]:
@@ -449,6 +588,8 @@ class Collection(VectorInput):
             self._rebuild(target)
         elif self._unsaved >= max(SAVE_MIN, SAVE_FRACTION * self.vindex.ntotal):
             self._save_index()
+        if self.bm25 is not None and self._bm25_unsaved >= max(SAVE_MIN, SAVE_FRACTION * len(self.bm25.doc_iids)):
+            self._save_bm25()
 
     def _should_switch(self, target: str, n: int) -> bool:
         if n < specs.train_size(specs.build_index(target, self.dim, self.spec.metric), self.dim):

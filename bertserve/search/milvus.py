@@ -8,6 +8,8 @@ collection with an explicit schema (Milvus's quick setup ignores the index type 
     vector    FLOAT_VECTOR(dim), with an explicit index (FLAT, HNSW, IVF_FLAT, ...)
     text      VARCHAR, nullable
     metadata  JSON
+    sparse    SPARSE_FLOAT_VECTOR made from `text` by Milvus's BM25 function (full-text search), when the
+              collection was created with bm25 (Milvus 2.5 and later, and Milvus Lite 3, offer it)
 
 bertserve's own settings (metric, encoder config) are kept as a collection property so `open` can
 rebuild the encoder. Filters use the Collection's filter language, rendered as a Milvus expression.
@@ -19,7 +21,8 @@ import math
 
 import numpy as np
 
-from bertserve.errors import AlreadyExists, BadInput, MissingFile, NotFound
+from bertserve.errors import AlreadyExists, BadInput, Conflict, MissingFile, NotFound, Unavailable
+from bertserve.search import fusion as fusions
 from bertserve.search.collection import Hit, Item
 from bertserve.search.embed import Embedder, VectorInput
 from bertserve.search.filters import COMPARE, FilterError, walk
@@ -54,14 +57,16 @@ class MilvusCollection(VectorInput):
         self.metric: str = config["metric"]
         self.params: dict = config.get("params") or {}
         self.embedder = Embedder(encoder, config.get("encoder"))
+        self.bm25: dict | None = config.get("bm25")
 
     # ---- creating and opening ----------------------------------------------------------------------
     @classmethod
     def create(cls, uri: str, name: str, dim: int | None = None, encoder=None, metric: str = "cosine",
                index: str = "FLAT", index_params: dict | None = None,
-               params: dict | None = None) -> "MilvusCollection":
+               params: dict | None = None, bm25="standard") -> "MilvusCollection":
         """A new collection. `index_params` build the index (HNSW: M, efConstruction; IVF: nlist);
-        `params` are default search parameters (HNSW: ef; IVF: nprobe)."""
+        `params` are default search parameters (HNSW: ef; IVF: nprobe). `bm25`: a preset of
+        MILVUS_ANALYZERS, a dict of Milvus analyzer params, or False for no full-text search."""
         from pymilvus import DataType, MilvusClient
 
         _check_name(name)
@@ -75,6 +80,7 @@ class MilvusCollection(VectorInput):
                 raise BadInput("give an encoder or dim= to create a collection")
             dim = embedder.dim()
         dim = check_dim(dim, DIM_MAX)
+        analyzer = milvus_analyzer(bm25)
         client = _client(uri)
         try:
             if client.has_collection(name):
@@ -82,16 +88,27 @@ class MilvusCollection(VectorInput):
             schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
             schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=ID_MAX)
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
-            schema.add_field("text", DataType.VARCHAR, max_length=TEXT_MAX, nullable=True)
+            text_options = {"enable_analyzer": True, "analyzer_params": analyzer} if analyzer else {}
+            schema.add_field("text", DataType.VARCHAR, max_length=TEXT_MAX, nullable=True, **text_options)
             schema.add_field("metadata", DataType.JSON)
             spec = client.prepare_index_params()
             spec.add_index(field_name="vector", index_type=index, metric_type=METRICS[metric],
                            params=dict(index_params or {}))
+            if analyzer:
+                _add_bm25(schema, spec)
             config = {"format_version": FORMAT_VERSION, "metric": metric, "params": dict(params or {}),
-                      "encoder": embedder.config()}
+                      "encoder": embedder.config(), "bm25": {"analyzer": analyzer} if analyzer else None}
             # Strong consistency: an acknowledged add is visible to the next search, as in Collection
-            client.create_collection(name, schema=schema, index_params=spec, consistency_level="Strong",
-                                     properties={CONFIG_PROPERTY: json.dumps(config)})
+            try:
+                client.create_collection(name, schema=schema, index_params=spec, consistency_level="Strong",
+                                         properties={CONFIG_PROPERTY: json.dumps(config)})
+            except Exception as exc:
+                if analyzer and any(w in str(exc).lower() for w in ("bm25", "function", "analyzer", "sparse",
+                                                                     "tokenizer")):
+                    raise Unavailable(f"this Milvus at {uri} does not offer BM25 full-text search with analyzer "
+                                      f"{analyzer} ({exc}); it needs Milvus 2.5 or later (or Milvus Lite 3). "
+                                      "Create the collection with bm25=False for vectors only") from None
+                raise
         except BaseException:
             client.close()
             raise
@@ -179,9 +196,18 @@ class MilvusCollection(VectorInput):
 
     # ---- reading -----------------------------------------------------------------------------------
     def search(self, query, k: int = 10, filter: dict | None = None, params: dict | None = None,
-               include_text: bool = True, include_metadata: bool = True):
-        """Nearest items to a text, a vector, or a batch of either; same answers as Collection.search."""
+               include_text: bool = True, include_metadata: bool = True, mode: str = "dense",
+               fusion: str = "rrf", rrf_k: float = fusions.RRF_K, weights: dict | None = None,
+               window: int | None = None):
+        """Nearest items to a text, a vector, or a batch of either; same answers as Collection.search.
+
+        mode "bm25" runs Milvus's full-text search (BM25 scores as Milvus computes them); "hybrid" fuses
+        it with the dense answer here, exactly as Collection does, so each part's score comes back."""
+        part_weights = fusions.check_search_mode(mode, fusion, rrf_k, weights)
         k = clamp_k(k, TOPK_MAX, min(self.max_k, TOPK_MAX))  # Milvus itself stops at the collection's size
+        if mode != "dense":
+            return self._search_keywords(query, k, filter, params, include_text, include_metadata, mode,
+                                         fusion, rrf_k, part_weights, window)
         single, queries = self._queries(query)
         expr = compile_milvus(filter) if filter is not None else ""
         fields = [f for f, on in (("text", include_text), ("metadata", include_metadata)) if on]
@@ -193,6 +219,51 @@ class MilvusCollection(VectorInput):
                                                    "params": {**self.params, **(params or {})}})
         out = [[Hit(h["id"], float(h["distance"]), h["entity"].get("text") if include_text else None,
                     h["entity"].get("metadata") if include_metadata else None) for h in row] for row in found]
+        return out[0] if single else out
+
+    def _search_keywords(self, query, k, filter, params, include_text, include_metadata, mode, fusion,
+                         rrf_k, weights, window):
+        k = clamp_k(k, TOPK_MAX, min(self.max_k, TOPK_MAX))
+        single, texts = fusions.text_queries(query, mode)
+        if not self.bm25:
+            raise Conflict(f"Milvus collection {self.name!r} was created without BM25 full-text search "
+                           "(bm25=False, or by a bertserve without it); only mode 'dense' is available")
+        window = fusions.check_window(window, k)
+        expr = compile_milvus(filter) if filter is not None else ""
+        fields = [f for f, on in (("text", include_text), ("metadata", include_metadata)) if on]
+        depth = window if mode == "hybrid" else int(k)
+        keyword = self._open().search(self.name, data=list(texts), anns_field="sparse", limit=depth, filter=expr,
+                                      output_fields=fields or ["id"], search_params={"metric_type": "BM25"})
+        entities = {h["id"]: h["entity"] for row in keyword for h in row}
+        for row in keyword:
+            for h in row:  # Milvus Lite reports BM25 negated (a distance: lower is better); servers as is
+                h["distance"] = abs(float(h["distance"]))
+        if mode == "bm25":
+            out = [[Hit(h["id"], h["distance"], h["entity"].get("text") if include_text else None,
+                        h["entity"].get("metadata") if include_metadata else None,
+                        {"bm25": h["distance"], "bm25_rank": r + 1}) for r, h in enumerate(row)]
+                   for row in keyword]
+            return out[0] if single else out
+        dense = self.search(list(texts), k=window, filter=filter, params=params, include_text=include_text,
+                            include_metadata=include_metadata)
+        out = []
+        for d_hits, k_hits in zip(dense, keyword):
+            for h in d_hits:
+                entities.setdefault(h.id, {"text": h.text, "metadata": h.metadata})
+            # fusion works on integer ids: number this query's candidates
+            names = list(dict.fromkeys([h.id for h in d_hits] + [h["id"] for h in k_hits]))
+            num = {n: i for i, n in enumerate(names)}
+            lists = {"dense": fusions.Ranked(np.array([num[h.id] for h in d_hits], np.int64),
+                                             np.array([h.score for h in d_hits]), self.metric != "l2"),
+                     "bm25": fusions.Ranked(np.array([num[h["id"]] for h in k_hits], np.int64),
+                                            np.array([h["distance"] for h in k_hits]))}
+            fused = fusions.fuse(lists, int(k), fusion, weights, rrf_k)
+            row = []
+            for i, score, part in zip(fused.iids.tolist(), fused.scores.tolist(), fused.parts):
+                ent = entities[names[i]]
+                row.append(Hit(names[i], score, ent.get("text") if include_text else None,
+                               ent.get("metadata") if include_metadata else None, part))
+            out.append(row)
         return out[0] if single else out
 
     def get(self, ids) -> list[Item | None]:
@@ -220,7 +291,7 @@ class MilvusCollection(VectorInput):
         index = self._open().describe_index(self.name, "vector")
         return {"name": self.name, "uri": self.uri, "engine": "milvus", "count": len(self), "dim": self.dim,
                 "metric": self.metric, "index": index.get("index_type"), "params": self.params,
-                "format_version": FORMAT_VERSION}
+                "format_version": FORMAT_VERSION, "bm25": self.bm25}
 
     # ---- internals -----------------------------------------------------------------------------------
     def _open(self):
@@ -246,6 +317,44 @@ class MilvusCollection(VectorInput):
         texts = texts if texts is not None else [None] * len(ids)
         return [{"id": i, "vector": v, "text": t, "metadata": json.loads(m)}
                 for i, t, m, v in zip(ids, texts, metas, vectors.tolist())]
+
+
+# bertserve's analyzer presets in Milvus's analyzer language: its "standard" tokenizer splits words by
+# Unicode rules (Chinese per character), "jieba" segments Chinese words; stop words and stemmer filters.
+_ENGLISH_FILTERS = ["lowercase", {"type": "stemmer", "language": "english"},
+                    {"type": "stop", "stop_words": ["_english_"]}]
+MILVUS_ANALYZERS = {
+    "standard": {"tokenizer": "jieba", "filter": _ENGLISH_FILTERS},
+    "english": {"tokenizer": "standard", "filter": _ENGLISH_FILTERS},
+    "chinese": {"tokenizer": "jieba", "filter": ["lowercase"]},
+    "chinese-jieba": {"tokenizer": "jieba", "filter": ["lowercase"]},
+}
+
+
+def milvus_analyzer(spec) -> dict | None:
+    """Milvus analyzer params for create's `bm25=`: a preset name, True (standard), a dict of Milvus
+    analyzer params (passed through), or False/None (no full-text search)."""
+    if spec is None or spec is False:
+        return None
+    if spec is True:
+        spec = "standard"
+    if isinstance(spec, str):
+        if spec not in MILVUS_ANALYZERS:
+            raise BadInput(f"bm25 analyzer must be one of {sorted(MILVUS_ANALYZERS)} or a dict of Milvus "
+                           f"analyzer params, got {spec!r}")
+        return MILVUS_ANALYZERS[spec]
+    if isinstance(spec, dict):
+        return dict(spec)
+    raise BadInput(f"bm25 must be a preset name, a dict or False, got {type(spec).__name__}")
+
+
+def _add_bm25(schema, spec):
+    from pymilvus import DataType, Function, FunctionType
+
+    schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+    schema.add_function(Function(name="text_bm25", function_type=FunctionType.BM25, input_field_names=["text"],
+                                 output_field_names=["sparse"]))
+    spec.add_index(field_name="sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
 
 
 def _check_name(name):

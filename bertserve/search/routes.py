@@ -33,6 +33,7 @@ class CreateBody(Body):
     metric: str = "cosine"
     params: dict[str, Any] = Field(default_factory=dict)
     memory_budget: int | None = None
+    bm25: bool | str | dict[str, Any] = "standard"  # the keyword index's analyzer; false: vectors only
 
 
 class ItemsBody(Body):
@@ -50,6 +51,11 @@ class SearchBody(Body):
     params: dict[str, Any] | None = None
     include_text: bool = True
     include_metadata: bool = True
+    mode: str = "dense"
+    fusion: str = "rrf"
+    rrf_k: float = 60
+    weights: dict[str, float] | None = None
+    window: int | None = None
 
 
 class IdsBody(Body):
@@ -99,7 +105,7 @@ class Registry:
             if body.dim is None and self.embed is None:
                 raise BadInput("give dim: this server has no encoder")
             col = Collection.create(path, encoder=self.embed, dim=body.dim, index=body.index, metric=body.metric,
-                                    params=body.params, memory_budget=body.memory_budget)
+                                    params=body.params, memory_budget=body.memory_budget, bm25=body.bm25)
             self.open[body.name] = self._limited(col)
             return col
 
@@ -147,7 +153,10 @@ def _reason(exc: Exception) -> str:
 
 
 def _hit(h) -> dict:
-    return {"id": h.id, "score": h.score, "text": h.text, "metadata": h.metadata}
+    out = {"id": h.id, "score": h.score, "text": h.text, "metadata": h.metadata}
+    if h.scores is not None:
+        out["scores"] = h.scores
+    return out
 
 
 def make_router(data_dir, encoder_or_embed_fn=None, max_k: int | None = None) -> APIRouter:
@@ -195,7 +204,9 @@ def make_router(data_dir, encoder_or_embed_fn=None, max_k: int | None = None) ->
         if isinstance(query, list) and not query:
             raise BadInput("query list is empty")
         hits = reg.get(name).search(query, k=body.k, filter=body.filter, params=body.params,
-                                    include_text=body.include_text, include_metadata=body.include_metadata)
+                                    include_text=body.include_text, include_metadata=body.include_metadata,
+                                    mode=body.mode, fusion=body.fusion, rrf_k=body.rrf_k, weights=body.weights,
+                                    window=body.window)
         batch = isinstance(query, list) and (body.query is not None or isinstance(query[0], list))
         if batch:
             return {"results": [[_hit(h) for h in row] for row in hits]}

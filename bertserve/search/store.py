@@ -159,6 +159,12 @@ class Store:
         vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), self.dim)
         return ids, vecs
 
+    def texts(self, after: int = -1) -> tuple[np.ndarray, list[str]]:
+        """(iids, texts) of the items above `after` that have a text, in internal-id order."""
+        rows = self.db.execute("SELECT iid, text FROM items WHERE iid > ? AND text IS NOT NULL ORDER BY iid",
+                               (after,)).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows]
+
     def matching(self, where: str, args: list) -> np.ndarray:
         """Internal ids of items whose metadata satisfies a compiled filter, sorted."""
         cur = self.db.execute(f"SELECT iid FROM items WHERE {where} ORDER BY iid", args)
