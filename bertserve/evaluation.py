@@ -50,9 +50,10 @@ def _nearest(unit: np.ndarray, k: int) -> np.ndarray:
 
 def neighbour_overlap(reference: np.ndarray, candidate: np.ndarray, k: int = 10) -> float:
     """Of each text's k nearest neighbours among the same texts (cosine), the share both sets of vectors agree
-    on, averaged over texts: the part of search results a user would see change. k is capped at n - 1."""
-    if np.shape(reference) != np.shape(candidate):
-        raise BadInput(f"shapes differ: reference {np.shape(reference)}, candidate {np.shape(candidate)}")
+    on, averaged over texts: the part of search results a user would see change. k is capped at n - 1. The
+    two sets may differ in width (a student of another size): only the texts must be the same."""
+    if len(reference) != len(candidate):
+        raise BadInput(f"{len(reference)} reference vectors but {len(candidate)} candidate vectors")
     k = min(k, len(reference) - 1)
     if k <= 0:
         return 1.0

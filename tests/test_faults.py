@@ -300,7 +300,7 @@ def test_sigkill_during_each_write_keeps_exactly_what_was_acknowledged(tmp_path,
 @pytest.mark.parametrize("factory", ["Flat", "HNSW"])
 def test_full_disk_during_add_is_a_clear_error_and_loses_nothing(tmp_path, fork_server, factory):
     path = tmp_path / "c"
-    lines = fork_server.run(path, factory, lambda lines: False, file_limit=256 * 1024)
+    lines = fork_server.run(path, factory, lambda lines: False, file_limit=512 * 1024)
     errors = [json.loads(line.split(" ", 1)[1]) for line in lines if line.startswith("ERROR")]
     assert len(errors) == 1, lines[-5:]
     assert "disk" in errors[0]["message"] and "full" in errors[0]["message"], errors

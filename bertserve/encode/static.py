@@ -14,7 +14,7 @@ import numpy as np
 
 from bertserve.encode.config import EncoderConfig
 from bertserve.encode.pooling import canonical_pooling
-from bertserve.encode.encoder import Encoder
+from bertserve.encode.encoder import Encoder, Variant
 from bertserve.errors import BadInput, BadInputType
 from bertserve.models.static_table import StaticCheckpoint, StaticTable
 from bertserve.models.tokenizer import TextTokenizer, Tokenized
@@ -85,10 +85,21 @@ class StaticEncoder(Encoder):
         self.table = StaticTable.load(config.model)
         self.checkpoint = StaticCheckpoint(self.table)
         self.backend = StaticBackend()
-        self.backend_choice = None
+        self._auto = None  # a table has no backends to measure
         self.config = self._resolve(config)
         self.tokenizer = StaticTokenizer(self.table, self.config.max_seq_len)
         self.dim = int(self.table.vectors.shape[1])
+        # what the Encoder's request path reads: one variant (the table's own settings), no per-call options
+        self.base = Variant(self.config, self.tokenizer, (0,), self.dim, self.config.max_seq_len is not None)
+        self._variants = {}
+        self.unknown_texts = 0
+        self._ranges = None
+
+    def variant(self, **options) -> Variant:
+        given = sorted(k for k, v in options.items() if v is not None)
+        if given:
+            raise BadInput(f"{self.table.path} is a static model: per-request {', '.join(given)} do not apply")
+        return self.base
 
     def _resolve(self, cfg: EncoderConfig) -> EncoderConfig:
         t = self.table

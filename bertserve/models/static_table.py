@@ -17,7 +17,7 @@ A folder sentence-transformers saved itself (modules.json whose first module is 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +119,8 @@ class StaticCheckpoint:
     """What `Encoder.checkpoint` holds for a transformer, for a static table: path and `info()`."""
 
     table: StaticTable
+    name: str | None = None  # a static table is loaded by folder, never by a registered name
+    prompts: dict = field(default_factory=dict)  # nor does it carry prompts
 
     @property
     def path(self) -> Path:

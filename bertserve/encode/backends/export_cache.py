@@ -82,7 +82,8 @@ def model_content_hash(folder: Path) -> str:
 def checkpoint_content_hash(checkpoint) -> str:
     """The content hash of the folder the checkpoint's transformer weights came from (a sentence-transformers
     folder may keep them in a sub-folder; a converted TF checkpoint in its converted folder)."""
-    folder = Path(getattr(checkpoint.model, "name_or_path", "") or checkpoint.path)
+    model = getattr(checkpoint, "model", None)  # a static table has no transformer: its folder is the content
+    folder = Path(getattr(model, "name_or_path", "") or checkpoint.path)
     return model_content_hash(folder if folder.is_dir() else Path(checkpoint.path))
 
 
