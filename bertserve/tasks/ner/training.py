@@ -21,15 +21,29 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bertserve.distill.losses import LossConfig, prediction_loss, soft_target_loss, temperature_at
+from bertserve.distill.losses import (
+    LossConfig,
+    prediction_loss,
+    soft_target_loss,
+    temperature_at,
+)
 from bertserve.distill.training import TrainConfig, seed_everything
 from bertserve.distill.training import fit as fit_epochs
 from bertserve.errors import BadInput
+from bertserve.models.registry import resolve
 
 from .data import Example, bio_tag_names, bio_tags, label_set, read_examples
 from .engine import merge_windows
 from .evaluate import cached_evaluation, evaluate_tagger, score_and_report
-from .model import BiLstmCrf, CharCrfTagger, TokenTagger, char_table, cut_windows, pad_ids, save_token_tagger
+from .model import (
+    BiLstmCrf,
+    CharCrfTagger,
+    TokenTagger,
+    char_table,
+    cut_windows,
+    pad_ids,
+    save_token_tagger,
+)
 
 IGNORE = -1  # positions that carry no label (specials, text-less pieces, teacher-only lines for hard CE)
 
@@ -75,6 +89,7 @@ def finetune_ner(model_path, train, dev, out, test=None, config: TrainConfig | N
         raise BadInput(f"{train}: no entities in the training data")
     dev_set = load_split(dev, labels, dev_limit)
     tag_names = bio_tag_names(labels)
+    model_path, _ = resolve(model_path)  # a folder or a registered name (`bertserve models`)
     tokenizer = AutoTokenizer.from_pretrained(str(model_path))
     model = AutoModelForTokenClassification.from_pretrained(
         str(model_path), num_labels=len(tag_names), id2label=dict(enumerate(tag_names)),
