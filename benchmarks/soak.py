@@ -28,7 +28,9 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve import HZ, _busy_jiffies, _proc_jiffies, corpus  # noqa: E402
+from serve import corpus  # noqa: E402
+
+from bertserve.machine_load import _machine_busy_seconds, process_cpu_seconds  # noqa: E402
 
 # share of each operation in the mix
 MIX = {"encode": 0.4, "search": 0.3, "add": 0.2, "delete": 0.1}
@@ -87,13 +89,16 @@ def client_loop(k: int, url: str, texts: list[str], deadline: float, t0: float, 
 
 
 def sampler(pid: int, deadline: float, t0: float, every: float, samples: list):
-    busy, own = _busy_jiffies(), _proc_jiffies(pid) + _proc_jiffies(os.getpid())
+    def ours():  # the server's CPU and this benchmark's own (its clients)
+        return process_cpu_seconds(pid) + process_cpu_seconds(os.getpid())
+
+    busy, own = _machine_busy_seconds(), ours()
     while True:
         time.sleep(every)
-        b, o = _busy_jiffies(), _proc_jiffies(pid) + _proc_jiffies(os.getpid())
+        b, o = _machine_busy_seconds(), ours()
         samples.append({"t": round(time.monotonic() - t0, 1), "rss_mb": round(rss_mb(pid), 1),
-                        "server_and_clients_cpu_s": round((o - own) / HZ, 2),
-                        "other_cpu_s": round(max(0, (b - busy) - (o - own)) / HZ, 2)})
+                        "server_and_clients_cpu_s": round(o - own, 2),
+                        "other_cpu_s": round(max(0.0, (b - busy) - (o - own)), 2)})
         busy, own = b, o
         if time.monotonic() >= deadline:
             return
