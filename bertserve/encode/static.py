@@ -14,8 +14,8 @@ import numpy as np
 
 from bertserve.encode.config import EncoderConfig
 from bertserve.encode.pooling import canonical_pooling
-from bertserve.encode.encoder import Encoder, Variant
-from bertserve.errors import BadInput, BadInputType
+from bertserve.encode.encoder import Encoder, Variant, config_of
+from bertserve.errors import BadInput
 from bertserve.models.static_table import StaticCheckpoint, StaticTable
 from bertserve.models.tokenizer import TextTokenizer, Tokenized
 
@@ -74,12 +74,7 @@ class StaticEncoder(Encoder):
     """
 
     def __init__(self, model=None, *, config: EncoderConfig | None = None, checkpoint=None, **options):
-        if config is not None and options:
-            raise BadInputType("pass either config= or keyword options, not both")
-        if config is None:
-            config = EncoderConfig(model=None if model is None else str(model), **options)
-        elif model is not None:
-            config = dataclasses.replace(config, model=str(model))
+        config = config_of(model, config, options)
         if config.model is None:
             raise BadInput("a static encoder needs model=FOLDER")
         self.table = StaticTable.load(config.model)

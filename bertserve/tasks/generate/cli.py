@@ -1,7 +1,6 @@
 """`bertserve train-lm` and `bertserve generate`."""
 from __future__ import annotations
 
-import argparse
 
 
 def add_parser(subparsers):
