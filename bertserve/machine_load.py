@@ -103,3 +103,22 @@ def measure_speed(models: dict, texts: list, rounds: int = 3, latency_texts: int
             row["latency_p50_ms"].append(statistics.median(lat) if lat else float("nan"))
             row["other_cpu_s"].append(m.sample.others_cpu)
     return out
+
+
+def describe_machine() -> str:
+    """The CPU model, core count and memory, read off this machine (benchmark records name the machine they ran on)."""
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+        with open("/proc/meminfo") as f:
+            mem_gib = int(f.readline().split()[1]) / 2**20
+    except OSError:
+        return f"{model}, {os.cpu_count()} cores"
+    return f"{model}, {os.cpu_count()} cores, {mem_gib:.0f} GiB"
+
+
+def run_record(size: str, overrides: dict, argv: list[str]) -> dict:
+    """What every benchmark result file starts with: the size asked for, overrides, command, date and machine."""
+    return {"size": size, "overrides": overrides, "command": " ".join(argv),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": describe_machine()}

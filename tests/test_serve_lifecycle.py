@@ -41,6 +41,17 @@ def three_clients(url, port, port_out, corpus, results, errors) -> list[threadin
     return [threading.Thread(target=over_http, args=(k,)) for k in range(2)] + [threading.Thread(target=over_zmq)]
 
 
+def assert_all_answered(threads, results, errors, reference):
+    """Every one of the three clients got its whole corpus back, equal to the in-process encoder's."""
+    for t in threads:
+        t.join(240)
+    assert not errors
+    assert sorted(results) == ["http0", "http1", "zmq"]
+    for code, vectors in results.values():
+        assert code == 200
+        np.testing.assert_allclose(vectors, reference, atol=ATOL)
+
+
 @pytest.mark.timeout(300)
 def test_queue_refuses_past_its_bound_over_both_protocols(default_encoder):
     """Workers held until the queue is full, so the refusal does not depend on how fast they run."""
@@ -72,13 +83,7 @@ def test_queue_refuses_past_its_bound_over_both_protocols(default_encoder):
             with pytest.raises(TypeError, match="queue is full"):
                 bc.encode(corpus)
         release.set()
-        for t in threads:
-            t.join(240)
-        assert not errors
-        assert sorted(results) == ["http0", "http1", "zmq"]
-        for code, vectors in results.values():
-            assert code == 200
-            np.testing.assert_allclose(vectors, reference, atol=ATOL)
+        assert_all_answered(threads, results, errors, reference)
     finally:
         release.set()
         server.shutdown()
@@ -102,13 +107,7 @@ def test_sigterm_finishes_requests_in_flight(default_encoder):
                 time.sleep(0.01)
         srv.signal()
         assert srv.wait(120) == 0, srv.log_text()[-3000:]
-        for t in threads:
-            t.join(60)
-        assert not errors
-        assert sorted(results) == ["http0", "http1", "zmq"]
-        for code, vectors in results.values():
-            assert code == 200
-            np.testing.assert_allclose(vectors, reference, atol=ATOL)
+        assert_all_answered(threads, results, errors, reference)
         log = srv.log_text()
         assert "finishing requests in flight" in log and "all requests answered" in log
         with pytest.raises(httpx.ConnectError):
