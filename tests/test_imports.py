@@ -23,7 +23,7 @@ def _loaded_after(code: str, **extra_env) -> dict:
     probe = (f"import json, os, sys\nout = None\n{code}\n"
              f"print(json.dumps({{'heavy': [m for m in {HEAVY!r} if m in sys.modules], "
              f"'omp': os.environ.get('OMP_WAIT_POLICY'), 'out': out}}))")
-    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", probe], check=False, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -55,3 +55,10 @@ def test_the_command_prefers_passive_openmp_and_keeps_a_users_choice():
     set_it = "from bertserve.settings import prefer_passive_openmp\nprefer_passive_openmp()"
     assert _loaded_after(set_it)["omp"] == "PASSIVE"
     assert _loaded_after(set_it, OMP_WAIT_POLICY="ACTIVE")["omp"] == "ACTIVE"
+
+
+def test_encode_package_is_light_until_the_encoder_is_asked_for():
+    light = _loaded_after("import bertserve.encode, bertserve.encode.cli\nout = sorted(bertserve.encode.__all__)")
+    assert light["heavy"] == [] and light["out"] == ["Encoder", "EncoderConfig", "POOLING_STRATEGIES"]
+    heavy = _loaded_after("from bertserve.encode import Encoder, POOLING_STRATEGIES\nout = Encoder.__name__")
+    assert heavy["out"] == "Encoder" and "torch" in heavy["heavy"]
