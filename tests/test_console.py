@@ -102,6 +102,23 @@ def test_encode_heat_map_equals_the_encoder(page, server, default_encoder):
     assert not page.problems, page.problems
 
 
+def test_pooling_chosen_in_the_console_is_the_one_the_vectors_use(page, server, default_encoder):
+    open_console(page, server.url)
+    offered = page.eval_on_selector_all("#encode-pooling option", "os => os.map(o => o.value)")
+    assert {"REDUCE_MEAN", "REDUCE_MAX", "CLS_TOKEN"} <= set(offered)  # the server's /status lists them
+    texts = ["The cat sat on the mat.", "Stock markets fell sharply today."]
+    page.fill("#encode-texts", "\n".join(texts))
+    page.select_option("#encode-pooling", "REDUCE_MAX")
+    page.click("#encode-run")
+    page.wait_for_selector("#heatmap td.cell")
+    shown = page.eval_on_selector("#heatmap td.cell[data-i='0'][data-j='1']", "c => +c.dataset.value")
+    v = default_encoder.encode(texts, pooling="REDUCE_MAX")
+    want = float(v[0] @ v[1] / np.linalg.norm(v[0]) / np.linalg.norm(v[1]))
+    mean = default_encoder.encode(texts)
+    assert shown == pytest.approx(want, abs=1e-4) and abs(want - float(mean[0] @ mean[1])) > 1e-3
+    assert not page.problems, page.problems
+
+
 def test_search_finds_a_text_just_added_and_shows_server_errors(page, server):
     open_console(page, server.url)
     page.click("#tab-search")

@@ -236,6 +236,8 @@ def test_status_health_metrics(server, http, bc):
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}  # no key needed
     status = http.get("/status").json()
     assert status["server_version"] == "1.10.0" and status["num_total_seq"] >= 2
+    assert {"pooling", "layers", "normalize"} <= set(status["request_options"])  # what one request may change
+    assert "REDUCE_MAX" in status["poolings"]
     metrics = http.get("/metrics").text
     # read with Prometheus' own parser: label order in the text is not part of the format
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value

@@ -64,6 +64,7 @@ class Encoder(Engine):
     """Encode texts into vectors with a BERT-family checkpoint; see EncoderConfig for the options."""
 
     kind = "encode"
+    request_options = REQUEST_OPTIONS  # what one request may change (/status tells clients)
 
     def __new__(cls, model=None, *, config: EncoderConfig | None = None, checkpoint: Checkpoint | None = None,
                 **options):

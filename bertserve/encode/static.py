@@ -72,6 +72,7 @@ class StaticEncoder(Encoder):
     `Encoder(model=DIR)` returns one of these when DIR is a static folder. Options that only mean something
     for a transformer (layers, pooling other than the mean, chunking) are refused; `backend` is always "static".
     """
+    request_options = ()
 
     def __init__(self, model=None, *, config: EncoderConfig | None = None, checkpoint=None, **options):
         config = config_of(model, config, options)

@@ -9,6 +9,7 @@ from pathlib import Path
 import zmq
 
 import bertserve
+from bertserve.encode.config import STRATEGIES as POOLING_STRATEGIES
 from bertserve.engine.batcher import Batcher
 from bertserve.serve.config import BERT_AS_SERVICE_VERSION, ServerConfig
 from bertserve.engine.metrics import Metrics
@@ -100,6 +101,8 @@ class ServerState:
             backend=getattr(enc.backend, "name", None),  # what `auto` chose, where it was asked for
             prompts=dict(getattr(enc.checkpoint, "prompts", {}) or {}),
             default_prompt=getattr(enc.config, "prompt", None),
+            request_options=list(enc.request_options),  # per-request overrides /encode accepts for this model
+            poolings=list(POOLING_STRATEGIES) if "pooling" in enc.request_options else [],
         )
         return cfg
 
