@@ -55,6 +55,7 @@ class Size:
     sentiment_test: int
     lr: float | None = None  # None: the part's own default (1e-4 English, 2e-4 Chinese)
     eval_every: int = 50
+    threads: int = 2         # 1 on a shared machine
 
 
 SIZES = {
@@ -114,7 +115,7 @@ def run_english(size: Size, work: Path, results: Path) -> dict:
     config = EmbeddingDistillConfig(out=str(work / "en-student"), texts=(str(_write_lines(work / "en.txt", corpus)),),
                                     student="bert:layers=3", heldout=size.heldout, epochs=size.epochs,
                                     lr=size.lr or 1e-4, eval_every=size.eval_every,
-                                    cache_dir=str(HERE / ".cache" / "teacher-vectors"), threads=2)
+                                    cache_dir=str(HERE / ".cache" / "teacher-vectors"), threads=size.threads)
     distiller, student, timing = _distill("en", config, teacher)
     peer = Encoder(minilm_l3_path())
     held = distiller.heldout
@@ -144,7 +145,7 @@ def run_chinese(size: Size, work: Path, results: Path) -> dict:
                                     student="bert:layers=3", student_vocab=str(vocab), teacher_prefix=E5_QUERY,
                                     heldout=size.heldout, epochs=size.epochs, lr=size.lr or 2e-4,
                                     eval_every=size.eval_every,
-                                    cache_dir=str(HERE / ".cache" / "teacher-vectors"), threads=2)
+                                    cache_dir=str(HERE / ".cache" / "teacher-vectors"), threads=size.threads)
     distiller, student, timing = _distill("zh", config, teacher)
     held = distiller.heldout
     t_vec = distiller.heldout_targets.numpy()
@@ -225,11 +226,13 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float)
     p.add_argument("--rounds", type=int, help="interleaved speed rounds")
     p.add_argument("--eval-every", type=int, help="steps between held-out evaluations")
+    p.add_argument("--threads", type=int, help="torch threads (default 2; 1 on a shared machine)")
     args = p.parse_args(argv)
-    torch.set_num_threads(2)
     overrides = {k: v for k, v in (("train_texts", args.train_texts), ("epochs", args.epochs), ("lr", args.lr),
-                                   ("rounds", args.rounds), ("eval_every", args.eval_every)) if v is not None}
+                                   ("rounds", args.rounds), ("eval_every", args.eval_every),
+                                   ("threads", args.threads)) if v is not None}
     size, work, results = replace(SIZES[args.size], **overrides), Path(args.work), Path(args.results)
+    torch.set_num_threads(size.threads)
     results.mkdir(parents=True, exist_ok=True)
     for part, fn in (("en", run_english), ("zh", run_chinese)):
         if args.part in (part, "both"):
