@@ -157,7 +157,7 @@ def _with_embedding_rows(model: nn.Module, rows: torch.Tensor, pad_id: int | Non
         new.weight.copy_(rows)
     model.set_input_embeddings(new)
     model.config.vocab_size = rows.shape[0]
-    emb = getattr(model, "embeddings", None)
+    emb = getattr(getattr(model, "base_model", model), "embeddings", None)  # a classifier's encoder too
     if emb is not None and hasattr(emb, "padding_idx") and pad_id is not None:
         emb.padding_idx = pad_id  # RoBERTa-style position ids count from it
     del old
