@@ -121,11 +121,20 @@ def test_replace_vocab_with_the_chinese_character_vocab(tiny_e5, chinese_vocab, 
     assert _vectors(tmp_path / "zh", ZH).shape == (3, 32)
 
 
-def test_cli_trim_vocab_and_errors(minilm, tmp_path, capsys):
+def test_cli_trim_vocab_and_errors(minilm, chinese_vocab, tmp_path, capsys):
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(EN) + "\n", encoding="utf-8")
     assert main(["trim-vocab", "--model", str(minilm), "--corpus", str(corpus), "--out", str(tmp_path / "o")]) == 0
     assert "vocabulary 30,522 ->" in capsys.readouterr().out
+    zh = tmp_path / "zh.txt"
+    zh.write_text("\n".join(ZH) + "\n", encoding="utf-8")
+    assert main(["trim-vocab", "--model", str(minilm), "--vocab", str(chinese_vocab), "--corpus", str(zh),
+                 "--fallback", "none", "--out", str(tmp_path / "zh")]) == 0
+    info = json.loads((tmp_path / "zh" / "trim_vocab.json").read_text())
+    assert info["replaced_vocab"] == str(chinese_vocab) and info["vocab_before"] == 30522
+    assert info["vocab_after"] < 100 and info["params_before"] > info["params_after"]
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "zh"))
+    assert tok.tokenize("人民日报") == ["人", "民", "日", "报"] and len(tok) == info["vocab_after"]
     with pytest.raises(BadInput, match="no such file"):
         trim_vocab(minilm, tmp_path / "x", corpus=[tmp_path / "missing.txt"])
     with pytest.raises(BadInput, match="another folder"):

@@ -7,6 +7,7 @@ With --vocab and --corpus the model first gets the new vocabulary, which is then
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -21,10 +22,11 @@ def run_trim_vocab(args) -> int:
     if args.vocab and args.corpus:
         with tempfile.TemporaryDirectory() as tmp:
             replaced = replace_vocab(args.model, args.vocab, Path(tmp) / "replaced")
-            report = trim_vocab(Path(tmp) / "replaced", args.out, **trim)
-        report.source, report.params_before, report.disk_mb_before = args.model, replaced.params_before, \
-            replaced.disk_mb_before
-        report.replaced_vocab = replaced.replaced_vocab
+            trimmed = trim_vocab(Path(tmp) / "replaced", args.out, **trim)
+        report = dataclasses.replace(trimmed, source=replaced.source, vocab_before=replaced.vocab_before,
+                                     params_before=replaced.params_before,
+                                     disk_mb_before=replaced.disk_mb_before, replaced_vocab=replaced.replaced_vocab,
+                                     exact_token_share=replaced.exact_token_share)
         (Path(args.out) / "trim_vocab.json").write_text(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
     elif args.vocab:
         report = replace_vocab(args.model, args.vocab, args.out)
