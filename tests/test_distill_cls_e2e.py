@@ -234,3 +234,26 @@ def test_serve_classify_endpoint(teacher):
             assert http.post("/encode", json={"texts": ["still encodes"]}).status_code == 200
     finally:
         assert srv.stop() == 0, srv.log_text()[-2000:]
+
+
+def test_trimmed_bert_student_saves_only_the_tokens_it_saw(teacher, work, tmp_path):
+    from transformers import AutoTokenizer
+
+    t_dir, _ = teacher
+    _, files, _ = work
+    out = tmp_path / "student"
+    cfg = DistillConfig(teacher=str(t_dir), student="bert:layers=2", train=str(files["train"]), dev=str(files["dev"]),
+                        out=str(out), speed_rounds=0, trim_vocab=True,
+                        training=TrainConfig(epochs=1, lr=3e-3, batch_size=16, max_seq_len=32, patience=0,
+                                             progress=False))
+    report = distill(cfg)["report"]
+    trim = report["settings"]["trim_vocab"]
+    assert trim["vocab_before"] == 21128 and trim["vocab_after"] < trim["vocab_before"]
+    rows = report["models"]
+    assert rows["student"]["params"] < rows["teacher"]["params"] and rows["student"]["size_mb"] < rows["teacher"]["size_mb"]
+    tok = AutoTokenizer.from_pretrained(str(out))
+    model = AutoModelForSequenceClassification.from_pretrained(str(out))
+    assert len(tok) == trim["vocab_after"] == model.get_input_embeddings().weight.shape[0]
+    assert [r["label"] in ("neg", "pos") for r in Classifier(out).classify(["质量很好，推荐购买"])] == [True]
+    with pytest.raises(ValueError, match="transformer students"):
+        distill(DistillConfig(**{**cfg.__dict__, "student": "bilstm:hidden=8", "out": str(tmp_path / "s2")}))

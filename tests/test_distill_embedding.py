@@ -96,6 +96,26 @@ def test_same_tokenizer_student_trains_saves_and_loads_everywhere(tmp_path, corp
     assert np.allclose(distiller.heldout_targets[:4].numpy(), expect, atol=1e-5)
 
 
+def test_trimmed_student_is_the_same_model_on_training_texts_and_smaller(tmp_path, corpus, teacher):
+    from sentence_transformers import SentenceTransformer
+
+    from bertserve.distill.embed_cli import model_sizes
+
+    full = EmbeddingDistiller(_config(tmp_path, corpus), teacher_encoder=teacher)
+    trimmed = EmbeddingDistiller(_config(tmp_path, corpus, trim_vocab=True), teacher_encoder=teacher)
+    assert trimmed.trim["vocab_before"] == 30522 and trimmed.trim["vocab_after"] < 3000
+    texts = [t for t, _ in trimmed.examples[:6]]
+    with torch.no_grad():
+        assert torch.allclose(trimmed.embed(texts), full.embed(texts), atol=1e-6)
+    trimmed.train(log=lambda s: None)
+    out = save_student(trimmed, tmp_path / "trimmed")
+    assert np.allclose(Encoder(out).encode(texts), SentenceTransformer(str(out), device="cpu").encode(texts), atol=1e-5)
+    sizes = model_sizes(trimmed, out)
+    assert sizes["student"]["params"] < 0.5 * sizes["teacher"]["params"]
+    assert 0 < sizes["student"]["size_mb"] < 0.5 * sizes["teacher"]["size_mb"]
+    assert json.loads((out / "distill_info.json").read_text())["trim_vocab"]["vocab_after"] == trimmed.trim["vocab_after"]
+
+
 def test_teacher_vectors_cache_is_reused_and_keyed_by_texts(tmp_path, corpus, teacher):
     cfg = _config(tmp_path, corpus)
     a = teacher_vectors(teacher, ["one sentence", "another sentence"], cfg)
@@ -203,10 +223,13 @@ def test_similarity_sets_are_the_rated_ones():
 def test_cli_run_writes_student_and_report(tmp_path, corpus, capsys):
     assert main(["distill", "--objective", "embedding", "--texts", str(corpus / "en.txt"),
                  "--out", str(tmp_path / "out"), "--heldout", "16", "--epochs", "0.1", "--batch-size", "8",
-                 "--max-seq-len", "64", "--cache-dir", str(tmp_path / "cache"), "--report-rounds", "1"]) == 0
+                 "--max-seq-len", "64", "--cache-dir", str(tmp_path / "cache"), "--report-rounds", "1",
+                 "--trim-vocab"]) == 0
     report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
+    assert report["size"]["student"]["params"] < report["size"]["teacher"]["params"] / 2
     assert set(report["spearman"]["student"]) == {"lee50", "wordsim353", "simlex999"}
     assert 0 < report["agreement"]["mean_cosine"] <= 1 and 0 <= report["agreement"]["top10_overlap"] <= 1
     assert report["speed"]["throughput_ratio"] > 0 and len(report["speed"]["student"]["rounds"]) == 1
     assert (tmp_path / "out" / "report" / "training_curve.png").stat().st_size > 1000
-    assert "Spearman lee50" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Spearman lee50" in printed and "| weights (MB) |" in printed

@@ -108,7 +108,8 @@ def run_distill(args) -> int:
     config = DistillConfig(
         teacher=args.teacher, student=args.student, train=args.train, dev=args.dev, out=args.out, test=args.test,
         unlabeled=args.unlabeled, training=_training_config(args, lr=1e-4), speed_rounds=args.speed_rounds, loss=loss,
-        augment=AugmentConfig(copies=args.augment, p_mask=args.p_mask, p_ngram=args.p_ngram, seed=args.seed or 0))
+        augment=AugmentConfig(copies=args.augment, p_mask=args.p_mask, p_ngram=args.p_ngram, seed=args.seed or 0),
+        trim_vocab=args.trim_vocab, trim_min_count=args.trim_min_count or 1)
     result = distill(config)
     models = result["report"]["models"]
     for name, row in models.items():
@@ -154,6 +155,10 @@ def add_parser(subparsers) -> None:
     a.add_argument("--augment", type=int, default=0, help="synthetic examples per training example")
     a.add_argument("--p-mask", type=float, default=0.1)
     a.add_argument("--p-ngram", type=float, default=0.25)
+    d.add_argument("--trim-vocab", action="store_true",
+                   help="keep only the tokens the training texts use (plus specials and single characters) in a "
+                        "transformer student: a smaller embedding table (classification and embedding objectives)")
+    d.add_argument("--trim-min-count", type=int, default=None, help="with --trim-vocab: keep tokens seen this often")
     d.add_argument("--speed-rounds", type=int, default=3, help="interleaved timing rounds for the report (0 = skip)")
     _add_training_arguments(d)
     _ner_cli().add_task_arguments(d)

@@ -33,6 +33,9 @@ def add_embedding_arguments(parser: argparse.ArgumentParser) -> None:
     add("--parallel", nargs="+", default=None, metavar="FILE",
         help="parallel texts, 'source<TAB>translation' per line; both learn the teacher's vector of the source")
     add("--student-vocab", default=None, metavar="VOCAB_TXT", help="WordPiece vocab.txt for a student with another tokenizer")
+    add("--trim-vocab", action="store_true",
+        help="keep only the tokens the training texts use (plus specials and single characters): a smaller table")
+    add("--trim-min-count", type=int, default=None, help="with --trim-vocab: keep tokens seen this often (default 1)")
     add("--student-init", default=None, metavar="DIR", help="start the student from this model folder")
     add("--teacher-prefix", default=None, help="text prepended for the teacher only (e5 models: 'query: ')")
     add("--no-projection", action="store_true", help="fail instead of adding a projection when widths differ")
@@ -66,6 +69,22 @@ def config_from_args(args: argparse.Namespace) -> EmbeddingDistillConfig:
     return EmbeddingDistillConfig(**values)
 
 
+def model_sizes(distiller, out) -> dict:
+    """Parameters and weight-file MB of the teacher and of the saved student (projection head included)."""
+    from bertserve.distill.report import count_parameters, weights_size_mb
+
+    teacher = distiller.teacher.checkpoint
+    return {"teacher": {"params": count_parameters(teacher.model), "size_mb": round(weights_size_mb(teacher.path), 1)},
+            "student": {"params": count_parameters(distiller.student) + count_parameters(distiller.head),
+                        "size_mb": round(weights_size_mb(out), 1)}}
+
+
+def size_line(size: dict) -> str:
+    t, s = size["teacher"], size["student"]
+    return (f"parameters: teacher {t['params'] / 1e6:.1f}M, student {s['params'] / 1e6:.1f}M; weights: teacher "
+            f"{t['size_mb']:.1f} MB, student {s['size_mb']:.1f} MB")
+
+
 def run_embedding_distill(args: argparse.Namespace) -> int:
     from bertserve import Encoder
     from bertserve.distill.embed_export import save_student
@@ -85,13 +104,15 @@ def run_embedding_distill(args: argparse.Namespace) -> int:
     history = distiller.train()
     out = save_student(distiller, config.out)
     summary = {"out": str(out), "train_seconds": round(history.seconds, 1),
-               "final_heldout_cosine": history.eval_cosine[-1]}
+               "final_heldout_cosine": history.eval_cosine[-1], "size": model_sizes(distiller, out)}
+    print(size_line(summary["size"]))
     if getattr(args, "no_report", False) or len(distiller.heldout) <= 10:
         plot_curve(distiller.info()["history"], out / "training_curve.png")
     else:
         student = Encoder(out)
         report = evaluate(distiller.teacher, student, distiller.heldout, distiller.heldout_targets.numpy(),
                           config.teacher_prefix, ReportConfig(rounds=getattr(args, "report_rounds", 3)))
+        report["size"] = summary["size"]
         write_report(report, distiller.info()["history"], out / "report")
         print((out / "report" / "report.md").read_text())
         summary.update(agreement=report["agreement"], throughput_ratio=report["speed"]["throughput_ratio"])

@@ -128,6 +128,11 @@ def markdown(report: dict) -> str:
     lines.append(f"| texts/s (median of {len(t['rounds'])}) | {t['texts_per_s_median']:.0f} | "
                  f"{s['texts_per_s_median']:.0f} | {spd['throughput_ratio']:.2f} |")
     lines.append(f"| latency p50, ms | {t['latency_ms_p50']:.1f} | {s['latency_ms_p50']:.1f} | {spd['latency_ratio']:.2f} |")
+    if "size" in report:
+        ts, ss = report["size"]["teacher"], report["size"]["student"]
+        lines.append(f"| parameters (M) | {ts['params'] / 1e6:.1f} | {ss['params'] / 1e6:.1f} | "
+                     f"{ss['params'] / ts['params']:.3f} |")
+        lines.append(f"| weights (MB) | {ts['size_mb']:.1f} | {ss['size_mb']:.1f} | {ss['size_mb'] / ts['size_mb']:.3f} |")
     lines.append("")
     lines.append(f"Agreement on {report['heldout_texts']} held-out texts: mean cosine {a['mean_cosine']:.4f}, "
                  + ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in a.items() if k != "mean_cosine") + ".")

@@ -42,6 +42,8 @@ class EmbeddingDistillConfig:
     parallel: tuple[str, ...] = ()           # files of "source<TAB>translation" lines
     student_vocab: str | None = None         # WordPiece vocab.txt: a student with another tokenizer
     student_init: str | None = None          # a folder to start the student from instead of building one
+    trim_vocab: bool = False                 # keep only the tokens the training texts use (+ specials, characters)
+    trim_min_count: int = 1
     teacher_prefix: str = ""                 # prepended for the teacher only (e5: "query: ")
     allow_projection: bool = True
     cosine_weight: float = 0.0
@@ -213,6 +215,12 @@ class EmbeddingDistiller:
         # The student first: a bad spec or vocab fails before the teacher spends minutes on the corpus.
         torch.manual_seed(config.seed)
         self.student, self.tokenizer = _student_model(self.teacher.checkpoint, config)
+        self.trim = None
+        if config.trim_vocab:  # before training: the optimizer then never holds the dropped rows
+            from bertserve.distill.trim_vocab import trim_model
+
+            self.student, self.tokenizer, self.trim = trim_model(self.student, self.tokenizer, sources,
+                                                                 min_count=config.trim_min_count)
         self.head = StudentHead(mode, self.student.config.hidden_size, self.teacher.dim,
                                 bool(self.teacher.config.normalize), config.allow_projection)
         vectors = teacher_vectors(self.teacher, sources + self.heldout, config)
@@ -287,7 +295,7 @@ class EmbeddingDistiller:
     def info(self) -> dict:
         return {"config": asdict(self.config), "teacher": str(self.teacher.checkpoint.path),
                 "teacher_pooling": self.head.mode, "teacher_normalize": self.head.normalize,
-                "train_examples": len(self.examples), "heldout_texts": len(self.heldout),
+                "train_examples": len(self.examples), "heldout_texts": len(self.heldout), "trim_vocab": self.trim,
                 "student_init": getattr(self.student.config, "distill_init", None)
                 or {"init": "folder", "folder": self.config.student_init},
                 "history": asdict(self.history)}

@@ -58,6 +58,8 @@ class DistillConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     speed_rounds: int = 3        # 0 = skip the speed measurement in the report
     logit_cache: str | None = None  # folder keeping teacher logits across runs (same teacher, texts and length)
+    trim_vocab: bool = False     # bert students: save only the tokens the transfer set uses (+ specials, characters)
+    trim_min_count: int = 1
 
 
 def student_kind(spec: str) -> str:
@@ -118,6 +120,8 @@ def distill(config: DistillConfig) -> dict:
     test = read_text_set(cfg.test, label_names=labels) if cfg.test else None
     unlabeled = read_text_set(cfg.unlabeled, labels="ignore") if cfg.unlabeled else None
     kind = student_kind(cfg.student)
+    if cfg.trim_vocab and kind != "bert":
+        raise BadInput(f"--trim-vocab applies to transformer students (bert:...), not {cfg.student!r}")
     if cfg.loss.uses_intermediate and kind != "bert":
         check_intermediate(cfg.loss, teacher.config, None, kind)  # raises with a suggestion before any work
 
@@ -162,6 +166,13 @@ def distill(config: DistillConfig) -> dict:
                   labels, tc, desc=f"distill {cfg.student}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    trim = None
+    if cfg.trim_vocab and kind == "bert":
+        # after training, on the texts it saw: the student's outputs on them are unchanged by the cut
+        from .trim_vocab import trim_model
+
+        seen = transfer.texts + [t for t in (transfer.texts_b or []) if t]
+        student, tokenizer, trim = trim_model(student, tokenizer, seen, min_count=cfg.trim_min_count)
     if kind == "bert":
         save_hf_classifier(student, tokenizer, labels, out, tc.max_seq_len)
     else:
@@ -170,7 +181,7 @@ def distill(config: DistillConfig) -> dict:
     settings = {"student": cfg.student, "train_seconds": round(time.perf_counter() - started, 1),
                 "transfer_size": len(transfer), "train_size": len(train),
                 "augmented": len(transfer) - len(train) - (len(unlabeled) if unlabeled else 0),
-                "loss": asdict(loss_cfg), "training": asdict(tc), "augment": asdict(cfg.augment)}
+                "loss": asdict(loss_cfg), "training": asdict(tc), "augment": asdict(cfg.augment), "trim_vocab": trim}
     report = evaluate_pair(cfg.teacher, str(out), test or dev, tc.max_seq_len, cfg.speed_rounds, settings,
                            {"student": history, "teacher": _saved_history(cfg.teacher)})
     return {"history": history, "report": report, "out": str(out)}

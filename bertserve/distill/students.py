@@ -205,7 +205,7 @@ def _copy_outside_layers(student: nn.Module, teacher: nn.Module, same_vocab: boo
                 dst.copy_(src)
 
 
-def _token_text(token: str) -> tuple[str, bool]:
+def token_text(token: str) -> tuple[str, bool]:
     """(surface text, starts a word) of a WordPiece or SentencePiece token."""
     if token.startswith("##"):
         return token[2:], False
@@ -228,7 +228,7 @@ def transfer_embeddings(student: nn.Module, teacher: nn.Module, student_tokenize
     exact = 0
     with torch.no_grad():
         for token, sid in student_tokenizer.get_vocab().items():
-            text, word_start = _token_text(token)
+            text, word_start = token_text(token)
             if not text or (token.startswith("[") and token.endswith("]")):
                 continue
             for candidate in (("\u2581" + text, text) if word_start else (text, "##" + text)):
