@@ -270,13 +270,28 @@ def test_http_and_client_match_in_process(server, default_encoder, article):
         assert remote["summary"] == local["summary"]
         assert [x["score"] for x in remote["sentences"]] == pytest.approx([x["score"] for x in local["sentences"]],
                                                                             abs=1e-5)
-        # more sentences than the server takes per request: the route sends them in several
+        # more sentences than the server takes texts per request: one document is one request to its engine
         long_text = " ".join(lee_documents()[:8])
         assert len(split_sentences(long_text)) > 50
         assert client.summarize(long_text, ratio=0.1)["num_sentences"] == len(split_sentences(long_text))
         local_kw = [k.to_dict() for k in keywords(default_encoder, article, top_n=5)]
         remote_kw = client.keywords(article, top_n=5)
         assert [k["text"] for k in remote_kw] == [k["text"] for k in local_kw]
+
+
+def test_summarize_and_keywords_are_engines_in_status_and_metrics(server, article):
+    import httpx
+
+    base = f"http://127.0.0.1:{server.http_port}"
+    assert httpx.post(f"{base}/summarize", json={"text": article, "num_sentences": 2}, timeout=60).status_code == 200
+    assert httpx.post(f"{base}/keywords", json={"text": article, "top_n": 3}, timeout=60).status_code == 200
+    engines = httpx.get(f"{base}/status", timeout=30).json()["engines"]
+    for kind in ("summarize", "keywords"):
+        assert engines[kind]["kind"] == kind and engines[kind]["name"] == server.state.model_name
+        assert engines[kind]["statistic"]["requests"] >= 1, engines[kind]
+    metrics = httpx.get(f"{base}/metrics", timeout=30).text
+    for kind in ("summarize", "keywords"):
+        assert re.search(rf'bertserve_engine_requests_total{{[^}}]*engine="{kind}"[^}}]*}} [1-9]', metrics), kind
 
 
 @pytest.mark.parametrize("path,body,status,match", [
