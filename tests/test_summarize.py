@@ -116,7 +116,7 @@ def test_summary_options_order_and_offsets(default_encoder, article):
 
 
 def test_centroid_scores_match_sentence_transformers(default_encoder, st_model, article):
-    s = summarize(default_encoder, article, method="centroid", num_sentences=4, diversity=0.0)
+    s = summarize(default_encoder, article, method="centroid", num_sentences=4, diversity=0.0, position=0.0)
     sentences = [x.text for x in split_sentences(article)]
     vectors = st_model.encode(sentences, normalize_embeddings=True)
     weights = np.array([len(t) for t in sentences], dtype=np.float64)[:, None]
@@ -127,6 +127,20 @@ def test_centroid_scores_match_sentence_transformers(default_encoder, st_model, 
         assert x.score == pytest.approx(float(expected[x.index]), abs=1e-4)
     # with no redundancy penalty the summary is simply the top 4 by score
     assert {x.index for x in s.sentences} == set(np.argsort(-expected)[:4].tolist())
+
+
+def test_position_prior_and_blend(default_encoder, article):
+    # a heavy prior for the opening sentences turns any method into lead-k
+    for method in ("centroid", "blend"):
+        s = summarize(default_encoder, article, method=method, num_sentences=3, diversity=0.0, position=10.0)
+        assert [x.index for x in s.sentences] == [0, 1, 2]
+    doc = Document.split(article)
+    vectors = doc.sentence_vectors(default_encoder.encode(doc.pieces))
+    centroid, textrank = centrality(vectors, "centroid", doc.vector(vectors)), centrality(vectors, "textrank")
+    z = [(x - x.mean()) / x.std() for x in (centroid, textrank)]
+    assert np.allclose(centrality(vectors, "blend", doc.vector(vectors)), z[0] + 0.5 * z[1], atol=1e-5)
+    with pytest.raises(BadInput, match="position"):
+        summarize(default_encoder, article, position=-1)
 
 
 def test_textrank_and_lexrank_match_networkx_pagerank(default_encoder, article):

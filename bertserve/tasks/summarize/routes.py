@@ -20,11 +20,12 @@ _S, _K = SummaryOptions(), KeywordOptions()
 
 class SummarizeRequest(BaseModel):
     text: str = Field(description="the document: Chinese, English or mixed")
-    method: str = Field(_S.method, description="centroid, textrank or lexrank")
+    method: str = Field(_S.method, description="blend, centroid, textrank or lexrank")
     ratio: float | None = Field(None, description="fraction of the sentences to keep (default 0.2)")
     num_sentences: int | None = Field(None, description="keep exactly this many sentences")
     max_chars: int | None = Field(None, description="cap on the summary's length in characters")
     diversity: float = Field(_S.diversity, description="MMR redundancy penalty, 0..1")
+    position: float = Field(_S.position, description="weight of the prior for the opening sentences (0: none)")
 
 
 class KeywordsRequest(BaseModel):
