@@ -161,11 +161,13 @@ def peer_picks(doc: dict, sentences: list[str], chinese: bool) -> dict[str, list
     a 1,000-sentence page), and they do not depend on any bertserve setting."""
     key = _row_key("peers", "", doc)
     if key.exists():
-        return json.loads(key.read_text())
-    picks = {"lead-k": list(range(doc["k"])), **sumy_summaries(sentences, doc["k"], chinese)}
-    key.parent.mkdir(parents=True, exist_ok=True)
-    key.write_text(json.dumps(picks))
-    return picks
+        picks = json.loads(key.read_text())
+    else:
+        picks = sumy_summaries(sentences, doc["k"], chinese)
+        key.parent.mkdir(parents=True, exist_ok=True)
+        key.write_text(json.dumps(picks))
+    # a lead longer than the body: every method then takes the whole body
+    return {"lead-k": list(range(min(doc["k"], len(sentences)))), **{n: p for n, p in picks.items() if n != "lead-k"}}
 
 
 def sumy_summaries(sentences: list[str], k: int, chinese: bool) -> dict[str, list[int]]:

@@ -40,7 +40,7 @@ class SummaryOptions:
     num_sentences: int | None = None    # exactly this many (fewer if the document is shorter)
     max_chars: int | None = None        # a cap on the summary's length in characters (whole sentences only)
     diversity: float = 0.3              # MMR weight of redundancy, 0 (none) .. 1 (only novelty)
-    position: float = 0.0               # weight of the prior for the document's opening sentences (0: none)
+    position: float = 0.15              # weight of the prior for the document's opening sentences (0: none)
 
     def __post_init__(self):
         if self.method not in METHODS:
