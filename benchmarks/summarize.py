@@ -317,8 +317,13 @@ def timing(rounds: int) -> dict:
             with Meter() as m:
                 fn()
             rows[name].append({"wall_s": m.sample.wall, "others_cpu_s": m.sample.others_cpu})
-    return {**run_record("speed", {}, sys.argv), "backend": encoder.backend.name,
-            "auto_choice": {k: v for k, v in (choice or {}).items() if k != "entry"}, "load_s": round(ready_s, 2),
+    backend = encoder.backend.name
+    if choice is None:  # let the measuring thread end: exiting under it aborts the interpreter
+        encoder.wait_for_backend()
+    return {**run_record("speed", {}, sys.argv), "backend": backend,
+            "auto_choice": ({k: v for k, v in choice.items() if k != "entry"} if choice is not None
+                            else {"status": "still measuring after 120 s: these rounds ran on torch"}),
+            "load_s": round(ready_s, 2),  # Encoder() until auto had decided (a cached decision: about a second)
             "torch_threads": _torch_threads(), "sentences": len(split_sentences(text)), "words": 2000,
             **{name: {"median_s": statistics.median(r["wall_s"] for r in rs),
                       "min_s": min(r["wall_s"] for r in rs), "rounds": rs} for name, rs in rows.items()}}
