@@ -144,7 +144,7 @@ class Client(_Base):
 
     def summarize(self, text: str, **options) -> dict:
         """POST /summarize: {"summary", "sentences": [{index, text, start, end, score}], ...}; options as
-        the route's (num_sentences, ratio, max_chars, method, diversity)."""
+        the route's (num_sentences, ratio, max_chars, method, diversity, position)."""
         return self._request("POST", "/summarize", {"text": text, **options})
 
     def keywords(self, text: str, **options) -> list[dict]:

@@ -116,7 +116,7 @@ def test_summary_options_order_and_offsets(default_encoder, article):
 
 
 def test_centroid_scores_match_sentence_transformers(default_encoder, st_model, article):
-    s = summarize(default_encoder, article, method="centroid", num_sentences=4, diversity=0.0)
+    s = summarize(default_encoder, article, method="centroid", num_sentences=4, diversity=0.0, position=0.0)
     sentences = [x.text for x in split_sentences(article)]
     vectors = st_model.encode(sentences, normalize_embeddings=True)
     weights = np.array([len(t) for t in sentences], dtype=np.float64)[:, None]
@@ -127,6 +127,20 @@ def test_centroid_scores_match_sentence_transformers(default_encoder, st_model, 
         assert x.score == pytest.approx(float(expected[x.index]), abs=1e-4)
     # with no redundancy penalty the summary is simply the top 4 by score
     assert {x.index for x in s.sentences} == set(np.argsort(-expected)[:4].tolist())
+
+
+def test_position_prior_and_blend(default_encoder, article):
+    # a heavy prior for the opening sentences turns any method into lead-k
+    for method in ("centroid", "blend"):
+        s = summarize(default_encoder, article, method=method, num_sentences=3, diversity=0.0, position=10.0)
+        assert [x.index for x in s.sentences] == [0, 1, 2]
+    doc = Document.split(article)
+    vectors = doc.sentence_vectors(default_encoder.encode(doc.pieces))
+    centroid, textrank = centrality(vectors, "centroid", doc.vector(vectors)), centrality(vectors, "textrank")
+    z = [(x - x.mean()) / x.std() for x in (centroid, textrank)]
+    assert np.allclose(centrality(vectors, "blend", doc.vector(vectors)), z[0] + 0.5 * z[1], atol=1e-5)
+    with pytest.raises(BadInput, match="position"):
+        summarize(default_encoder, article, position=-1)
 
 
 def test_textrank_and_lexrank_match_networkx_pagerank(default_encoder, article):
@@ -270,13 +284,28 @@ def test_http_and_client_match_in_process(server, default_encoder, article):
         assert remote["summary"] == local["summary"]
         assert [x["score"] for x in remote["sentences"]] == pytest.approx([x["score"] for x in local["sentences"]],
                                                                             abs=1e-5)
-        # more sentences than the server takes per request: the route sends them in several
+        # more sentences than the server takes texts per request: one document is one request to its engine
         long_text = " ".join(lee_documents()[:8])
         assert len(split_sentences(long_text)) > 50
         assert client.summarize(long_text, ratio=0.1)["num_sentences"] == len(split_sentences(long_text))
         local_kw = [k.to_dict() for k in keywords(default_encoder, article, top_n=5)]
         remote_kw = client.keywords(article, top_n=5)
         assert [k["text"] for k in remote_kw] == [k["text"] for k in local_kw]
+
+
+def test_summarize_and_keywords_are_engines_in_status_and_metrics(server, article):
+    import httpx
+
+    base = f"http://127.0.0.1:{server.http_port}"
+    assert httpx.post(f"{base}/summarize", json={"text": article, "num_sentences": 2}, timeout=60).status_code == 200
+    assert httpx.post(f"{base}/keywords", json={"text": article, "top_n": 3}, timeout=60).status_code == 200
+    engines = httpx.get(f"{base}/status", timeout=30).json()["engines"]
+    for kind in ("summarize", "keywords"):
+        assert engines[kind]["kind"] == kind and engines[kind]["name"] == server.state.model_name
+        assert engines[kind]["statistic"]["requests"] >= 1, engines[kind]
+    metrics = httpx.get(f"{base}/metrics", timeout=30).text
+    for kind in ("summarize", "keywords"):
+        assert re.search(rf'bertserve_engine_requests_total{{[^}}]*engine="{kind}"[^}}]*}} [1-9]', metrics), kind
 
 
 @pytest.mark.parametrize("path,body,status,match", [

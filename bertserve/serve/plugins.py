@@ -1,7 +1,7 @@
 """Server composition: every task the server can run beside encoding is a plug-in.
 
-A plug-in module exposes `plugin(ctx: ServeContext) -> Plugin | None`, returning None when the server config
-does not ask for it. It contributes an engine (served through its own Batcher, made by `ctx.batcher`, so its
+A plug-in module exposes `plugin(ctx: ServeContext) -> Plugin | list[Plugin] | None`, returning None when the
+server config does not ask for it (a list when one module serves several engines, e.g. summarize and keywords). It contributes an engine (served through its own Batcher, made by `ctx.batcher`, so its
 requests, batches and errors show in /metrics and /status under its engine label), a FastAPI router (mounted
 behind the server's API key, body limit and error mapping) and a close hook. The server knows plug-ins only
 through PLUGIN_MODULES: adding a task adds a line here, and nothing in the batcher, the app or the errors.
@@ -69,5 +69,5 @@ def load_plugins(ctx: ServeContext, modules: tuple[str, ...] = PLUGIN_MODULES) -
     for name in modules:
         made = importlib.import_module(name).plugin(ctx)
         if made is not None:
-            plugins.append(made)
+            plugins.extend(made if isinstance(made, list) else [made])
     return plugins

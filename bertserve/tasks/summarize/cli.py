@@ -25,6 +25,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-chars", type=int, help="cap on the summary's length in characters")
     p.add_argument("--method", choices=METHODS, default=s_defaults.method)
     p.add_argument("--diversity", type=float, default=s_defaults.diversity, help="MMR redundancy penalty, 0..1")
+    p.add_argument("--position", type=float, default=s_defaults.position,
+                   help="weight of the prior for the opening sentences (0: none)")
     add_encoder_arguments(p)
     p.set_defaults(func=run_summarize)
 
@@ -81,7 +83,7 @@ def run_summarize(args) -> int:
     text = _read(args)
     options = {k: v for k, v in (("num_sentences", args.num_sentences), ("ratio", args.ratio),
                                  ("max_chars", args.max_chars)) if v is not None}
-    options.update(method=args.method, diversity=args.diversity)
+    options.update(method=args.method, diversity=args.diversity, position=args.position)
     worker = _worker(args)
     if args.server:
         answer = _remote(worker.summarize, text, **options)

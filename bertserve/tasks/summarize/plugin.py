@@ -1,7 +1,7 @@
-"""/summarize and /keywords as a server plug-in: on whenever the served model gives one vector per text.
+"""/summarize and /keywords as server plug-ins: on whenever the served model gives one vector per text.
 
-No engine or batcher of its own: sentences and keyword candidates are ordinary encode work, so they go
-through the server's encode batcher (see routes.py), and show in /metrics under the encode engine.
+Two engines over the served encoder (engine.py), each with its own Batcher made by the server, so their
+requests, batches and errors show in /metrics and /status under "summarize" and "keywords".
 """
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ def plugin(ctx):
     encoder = ctx.encoder
     if str(getattr(encoder.config, "pooling", "")).upper() == "NONE":
         return None  # token vectors: no sentence vector to rank
+    from bertserve.tasks.summarize.engine import KeywordsEngine, SummarizeEngine
     from bertserve.tasks.summarize.routes import make_router
 
-    router = make_router(ctx.encode_batcher, window=encoder.max_seq_len, model_name=ctx.model_name or encoder.name)
-    return Plugin("summarize", router)
+    name = ctx.model_name or encoder.name
+    summarize = ctx.batcher(SummarizeEngine(encoder, name))
+    keywords = ctx.batcher(KeywordsEngine(encoder, name))
+    return [Plugin("summarize", make_router(summarize, keywords), summarize.engine, summarize),
+            Plugin("keywords", None, keywords.engine, keywords)]

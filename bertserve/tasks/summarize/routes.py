@@ -1,33 +1,31 @@
-"""POST /summarize and POST /keywords, embedding through the server's encode batcher.
+"""POST /summarize and POST /keywords over their engines' batchers (engine.py).
 
-No batcher of their own: a summary's sentences are ordinary encode work, so they join the same queue as
-/encode requests, under the same token budget, fairness (a long article does not hold up a one-line
-request) and backpressure (429 when the queue is full). Splitting and ranking run in a worker thread, not
-on the event loop, because a large text takes a moment to split.
+Each route's document is one request to its own Batcher: the batcher splits and tokenizes it on its
+tokenizer lanes (a large text never blocks the event loop or a small request's preparation), packs its
+sentence pieces into token-budget batches, and answers 429 when its queue is full. Bad input raises
+bertserve.errors in `prepare`, which the server maps as for /encode.
 """
 from __future__ import annotations
 
 import asyncio
 
-import numpy as np
-from anyio import to_thread
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from bertserve.tasks.summarize.document import checked_vectors
-from bertserve.tasks.summarize.keywords import KeywordOptions, finish_keywords, prepare_keywords
-from bertserve.tasks.summarize.summarize import SummaryOptions, finish_summary, prepare_summary
+from bertserve.tasks.summarize.keywords import KeywordOptions
+from bertserve.tasks.summarize.summarize import SummaryOptions
 
 _S, _K = SummaryOptions(), KeywordOptions()
 
 
 class SummarizeRequest(BaseModel):
     text: str = Field(description="the document: Chinese, English or mixed")
-    method: str = Field(_S.method, description="centroid, textrank or lexrank")
+    method: str = Field(_S.method, description="blend, centroid, textrank or lexrank")
     ratio: float | None = Field(None, description="fraction of the sentences to keep (default 0.2)")
     num_sentences: int | None = Field(None, description="keep exactly this many sentences")
     max_chars: int | None = Field(None, description="cap on the summary's length in characters")
     diversity: float = Field(_S.diversity, description="MMR redundancy penalty, 0..1")
+    position: float = Field(_S.position, description="weight of the prior for the opening sentences (0: none)")
 
 
 class KeywordsRequest(BaseModel):
@@ -38,29 +36,21 @@ class KeywordsRequest(BaseModel):
     max_candidates: int = Field(_K.max_candidates, description="most frequent candidates considered")
 
 
-def make_router(batcher, *, window: int, model_name: str) -> APIRouter:
-    """The routes; `batcher` is the server's encode batcher (`submit(texts)` -> Future of vectors)."""
+def make_router(summarize_batcher, keywords_batcher) -> APIRouter:
+    """The routes; each batcher serves a SummarizeEngine / KeywordsEngine (`submit([text], **options)`)."""
     router = APIRouter()
-
-    async def embed(texts: list[str]) -> np.ndarray:
-        step = batcher.max_request_texts  # the batcher's per-request bound; one document may exceed it
-        parts = await asyncio.gather(*(asyncio.wrap_future(batcher.submit(texts[i:i + step]))
-                                       for i in range(0, len(texts), step)))
-        return checked_vectors(np.concatenate([p.vectors for p in parts]), len(texts))
+    model_name = summarize_batcher.engine.name
 
     @router.post("/summarize", summary="extractive summary: the most central sentences, in document order")
     async def summarize(req: SummarizeRequest) -> dict:
         options = req.model_dump(exclude={"text"}, exclude_none=True)
-        job = await to_thread.run_sync(lambda: prepare_summary(req.text, window, **options))
-        summary = await to_thread.run_sync(finish_summary, job, await embed(job.texts))
-        return {"model": model_name, **summary.to_dict()}
+        summary = await asyncio.wrap_future(summarize_batcher.submit([req.text], **options))
+        return {"model": model_name, **summary}
 
     @router.post("/keywords", summary="keywords and keyphrases closest to the document, with MMR diversity")
     async def keywords(req: KeywordsRequest) -> dict:
         options = req.model_dump(exclude={"text"})
-        job = await to_thread.run_sync(lambda: prepare_keywords(req.text, window, **options))
-        found = await to_thread.run_sync(finish_keywords, job, await embed(job.texts))
-        return {"model": model_name, "keywords": [k.to_dict() for k in found]}
+        found = await asyncio.wrap_future(keywords_batcher.submit([req.text], **options))
+        return {"model": model_name, "keywords": found}
 
     return router
-

@@ -27,9 +27,10 @@ import numpy as np
 from bertserve.errors import BadInput, BadInputType
 from bertserve.tasks.summarize.document import DEFAULT_WINDOW_TOKENS, Document, encode, mmr, window_tokens
 
-METHODS = ("textrank", "lexrank", "centroid")
+METHODS = ("textrank", "lexrank", "centroid", "blend")
 DEFAULT_RATIO = 0.2
 DAMPING = 0.85
+BLEND_TEXTRANK = 0.5  # "blend": the centroid's standard score plus this much of TextRank's
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class SummaryOptions:
     num_sentences: int | None = None    # exactly this many (fewer if the document is shorter)
     max_chars: int | None = None        # a cap on the summary's length in characters (whole sentences only)
     diversity: float = 0.3              # MMR weight of redundancy, 0 (none) .. 1 (only novelty)
+    position: float = 0.15              # weight of the prior for the document's opening sentences (0: none)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -53,6 +55,8 @@ class SummaryOptions:
                 raise BadInput(f"{name} must be a positive integer, got {value!r}")
         if not _is_number(self.diversity) or not 0 <= self.diversity <= 1:
             raise BadInput(f"diversity must be a number in [0, 1], got {self.diversity!r}")
+        if not _is_number(self.position) or not 0 <= self.position <= 10:
+            raise BadInput(f"position must be a number in [0, 10], got {self.position!r}")
 
     def budget(self, n: int) -> int:
         """How many sentences to pick out of n (max_chars may stop it earlier)."""
@@ -111,14 +115,21 @@ def prepare_summary(text, window: int = DEFAULT_WINDOW_TOKENS, **options) -> Sum
 def finish_summary(job: SummaryJob, piece_vectors: np.ndarray) -> Summary:
     doc, opts = job.document, job.options
     vectors = doc.sentence_vectors(np.asarray(piece_vectors, dtype=np.float32))
-    scores = centrality(vectors, opts.method, doc.vector(vectors))
-    span = scores.max() - scores.min()  # relevance on 0..1 so that `diversity` means the same for every method
-    relevance = (scores - scores.min()) / span if span > 0 else np.ones_like(scores)
-    chosen = mmr(vectors, relevance, opts.budget(len(vectors)), opts.diversity,
-                 lengths=[len(s.text) for s in doc.sentences], max_chars=opts.max_chars)
+    scores, chosen = choose(vectors, doc.vector(vectors), opts, [len(s.text) for s in doc.sentences])
     picked = [SummarySentence(i, doc.sentences[i].text, doc.sentences[i].start, doc.sentences[i].end,
                               float(scores[i])) for i in sorted(chosen)]
     return Summary(picked, len(doc.sentences), opts.method, doc.chinese)
+
+
+def choose(vectors: np.ndarray, doc_vector: np.ndarray, opts: SummaryOptions, lengths: list[int]):
+    """(each sentence's centrality score, the indices chosen) from unit sentence vectors."""
+    scores = centrality(vectors, opts.method, doc_vector)
+    ranked = _standard(scores) + opts.position * _standard(-np.log1p(np.arange(len(scores))))
+    span = ranked.max() - ranked.min()  # relevance on 0..1 so that `diversity` means the same for every method
+    relevance = (ranked - ranked.min()) / span if span > 0 else np.ones_like(ranked)
+    chosen = mmr(vectors, relevance, opts.budget(len(vectors)), opts.diversity, lengths=lengths,
+                 max_chars=opts.max_chars)
+    return scores, chosen
 
 
 def summarize(encoder, text, **options) -> Summary:
@@ -132,6 +143,9 @@ def centrality(vectors: np.ndarray, method: str, doc_vector: np.ndarray | None =
     if method == "centroid":
         centre = doc_vector if doc_vector is not None else vectors.mean(0)
         return vectors @ (centre / (np.linalg.norm(centre) or 1.0))
+    if method == "blend":
+        return (_standard(centrality(vectors, "centroid", doc_vector))
+                + BLEND_TEXTRANK * _standard(centrality(vectors, "textrank")))
     sim = vectors @ vectors.T
     np.fill_diagonal(sim, 0.0)
     if method == "textrank":
@@ -157,6 +171,13 @@ def pagerank(weights: np.ndarray, damping: float = DAMPING, iterations: int = 10
             return new
         scores = new
     return scores
+
+
+def _standard(x: np.ndarray) -> np.ndarray:
+    """x in standard deviations from its mean (all zero when x is constant), so that scores on different
+    scales (cosines, PageRank probabilities, a position prior) can be added."""
+    sd = x.std()
+    return (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)
 
 
 def _options(options: dict) -> SummaryOptions:
