@@ -48,14 +48,16 @@ def walk(query, emit) -> str:
 
 
 def _count_conditions(query):
-    """Refuse a filter with more than MAX_CONDITIONS leaves, counted without recursion."""
-    count, todo = 0, [query]
+    """Refuse a filter with more than MAX_CONDITIONS parts, counted without recursion. Parts deeper than
+    any valid filter reaches are not counted: the walk refuses them as nested too deeply."""
+    count, todo = 0, [(query, 0)]
     while todo:
-        item = todo.pop()
-        if isinstance(item, dict):
-            todo.extend(item.values())
-        elif isinstance(item, list):
-            todo.extend(item)
+        item, level = todo.pop()
+        if level <= 2 * MAX_DEPTH + 4:  # each filter level is a list and an object
+            if isinstance(item, dict):
+                todo.extend((v, level + 1) for v in item.values())
+            elif isinstance(item, list):
+                todo.extend((v, level + 1) for v in item)
         count += 1
         if count > MAX_CONDITIONS:
             raise FilterError(f"filter has more than {MAX_CONDITIONS} conditions")
