@@ -4,10 +4,12 @@ Reports requests and errors per operation, p50/p99 latency per time window, the 
 (and whether it keeps growing: the slope over the second half of the run, and what is left after a few
 idle seconds, once the server has handed free heap back), and the CPU time the machine's
 other processes used in each window, so a disturbed window can be told from a slow server. Writes a JSON
-summary and a PNG plot. Not part of CI.
+summary and a PNG plot, and keeps the server's log beside them (OUT.log): every 5xx a client got is
+reported with its request id and the traceback the server logged under that id. Not part of CI.
 
-    PYTHONPATH=. python benchmarks/soak.py --minutes 10          # the full run
+    PYTHONPATH=. python benchmarks/soak.py --minutes 10 --clients 16   # the full run
     PYTHONPATH=. python benchmarks/soak.py --minutes 2 --out benchmarks/results/soak-2min   # a proof run
+    PYTHONPATH=. python benchmarks/soak.py --minutes 2 --server-env MALLOC_ARENA_MAX=8 ...   # an experiment
 """
 from __future__ import annotations
 
@@ -43,15 +45,50 @@ def rss_mb(pid: int) -> float:
 
 
 class Log:
-    """Every request as (end time, operation, latency s, HTTP status or -1 for a transport failure)."""
+    """Every request as (end time, operation, latency s, HTTP status or -1 for a transport failure), and
+    each 5xx answer's operation, status, request id and message."""
 
     def __init__(self):
         self.rows: list[tuple[float, str, float, int]] = []
+        self.failures: list[dict] = []
         self.lock = threading.Lock()
 
-    def add(self, row):
+    def add(self, row, response=None):
         with self.lock:
             self.rows.append(row)
+            if response is not None and response.status_code >= 500:
+                try:
+                    error = response.json().get("error", {})
+                except ValueError:
+                    error = {"message": response.text[:300]}
+                self.failures.append({"t": round(row[0], 1), "op": row[1], "status": response.status_code,
+                                      "request_id": error.get("request_id"), "message": error.get("message")})
+
+
+# a logged line starts with its time stamp (bertserve.cli's log format); a traceback's lines do not
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+REQUEST_ID = re.compile(r"request id ([0-9a-f]{16})")
+
+
+def server_tracebacks(log_text: str) -> dict[str, list[str]]:
+    """request id -> the log line naming it and the traceback lines after it."""
+    out: dict[str, list[str]] = {}
+    current = None
+    for line in log_text.splitlines():
+        if LOG_LINE.match(line):
+            m = REQUEST_ID.search(line)
+            current = m.group(1) if m and "internal error" in line else None
+            if current:
+                out[current] = [line]
+        elif current:
+            out[current].append(line)
+    return out
+
+
+def explain_failures(failures: list[dict], log_text: str) -> list[dict]:
+    """Each 5xx with the server's traceback for its request id (the last lines: where it was raised)."""
+    tracebacks = server_tracebacks(log_text)
+    return [{**f, "traceback": tracebacks.get(f["request_id"], [])[-12:]} for f in failures]
 
 
 def client_loop(k: int, url: str, texts: list[str], deadline: float, t0: float, log: Log):
@@ -78,12 +115,14 @@ def client_loop(k: int, url: str, texts: list[str], deadline: float, t0: float, 
                 gone = [mine.pop(rng.randrange(len(mine))) for _ in range(min(4, len(mine)))]
                 call = ("/collections/soak/delete", {"ids": gone})
             start = time.monotonic()
+            response = None
             try:
-                status = http.post(call[0], json=call[1]).status_code
+                response = http.post(call[0], json=call[1])
+                status = response.status_code
             except httpx.HTTPError:
                 status = -1
             end = time.monotonic()
-            log.add((end - t0, op, end - start, status))
+            log.add((end - t0, op, end - start, status), response)
             if op == "add" and status == 200:
                 mine += call[1]["ids"]
 
@@ -183,8 +222,13 @@ def main():
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--window", type=float, default=30.0, help="seconds per latency window")
     ap.add_argument("--seed-items", type=int, default=500, help="items in the collection before the clients start")
-    ap.add_argument("--out", default="benchmarks/results/soak", help="writes OUT.json and OUT.png")
+    ap.add_argument("--out", default="benchmarks/results/soak", help="writes OUT.json, OUT.png and OUT.log")
+    ap.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="an environment variable for the server (MALLOC_ARENA_MAX=2, ...); repeatable")
     args = ap.parse_args()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    server_env = dict(kv.split("=", 1) for kv in args.server_env)
 
     import httpx
 
@@ -192,7 +236,7 @@ def main():
 
     texts = corpus(4000)
     with tempfile.TemporaryDirectory(prefix="bertserve-soak-") as data:
-        srv = ServerProcess("--data-dir", data)
+        srv = ServerProcess("--data-dir", data, log_path=out.with_suffix(".log"), env=server_env)
         try:
             with httpx.Client(base_url=srv.url, timeout=300) as http:
                 http.post("/collections", json={"name": "soak", "index": "Flat"}).raise_for_status()
@@ -218,8 +262,10 @@ def main():
     summary = summarize(log.rows, samples, args.minutes, args.clients, args.window)
     summary["rss_mb"][f"after_{IDLE_S:.0f}s_idle"] = idle_rss
     summary["server_exit_code"] = code
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    summary["server_env"] = server_env
+    summary["server_log"] = str(out.with_suffix(".log"))
+    summary["failures"] = explain_failures(log.failures, srv.log_text())
+    summary["server_tracebacks_logged"] = len(server_tracebacks(srv.log_text()))
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
     plot(summary, out.with_suffix(".png"))
     brief = {k: v for k, v in summary.items() if k not in ("windows", "rss_samples")}

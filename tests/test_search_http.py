@@ -133,3 +133,45 @@ def test_collection_reopens_with_its_saved_encoder(tmp_path, default_encoder, se
     with Collection.open(path) as col:
         assert [h.id for h in col.search(sentences[5], k=3)] == before
         assert before[0] == "5"
+
+
+def test_hostile_search_values_get_a_4xx_or_the_right_answer(client):
+    """Values that passed validation and then broke in SQLite or Faiss (each was a 500 before): integers
+    beyond 64 bits in filters, filters of thousands of conditions, control characters in field names,
+    search parameters beyond a C int, and vectors whose float32 norm overflows or underflows."""
+    dim = 8
+    assert client.post("/collections", json={"name": "h", "dim": dim, "index": "Flat"}).status_code == 201
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((40, dim)).tolist()
+    meta = [{"i": i, "big": 10**30 if i == 7 else 0} for i in range(40)]
+    ids = [f"v{i}" for i in range(40)]
+    assert client.post("/collections/h/add", json={"ids": ids, "vectors": vectors, "metadata": meta}).status_code == 200
+    probe = vectors[0]
+
+    def search(**body):
+        return client.post("/collections/h/search", json={"vector": probe, "k": 40, **body})
+
+    def ids_of(resp):
+        assert resp.status_code == 200, resp.text
+        return [h["id"] for h in resp.json()["hits"]]
+
+    everything = ids_of(search())
+    assert sorted(everything) == sorted(ids)
+    # integers SQLite cannot bind compare as the reals SQLite stored them as
+    assert ids_of(search(filter={"big": 10**30})) == ["v7"]
+    assert ids_of(search(filter={"big": {"$gt": 10**29}})) == ["v7"]
+    assert ids_of(search(filter={"i": 2**63})) == []
+    assert ids_of(search(filter={"i": {"$in": [-(2**63) - 1, 3]}})) == ["v3"]
+    assert_error(search(filter={"i": 10**400}), 400)
+    # thousands of conditions: the same answer as no filter (they cover every item), or refused
+    assert ids_of(search(filter={"i": {"$in": list(range(3000))}})) == everything
+    assert ids_of(search(filter={"$or": [{"i": j} for j in range(1500)]})) == everything
+    assert "conditions" in assert_error(search(filter={"i": {"$in": list(range(5000))}}), 400)
+    assert_error(search(filter={"i\x00": 1}), 400)
+    for params in ({"nprobe": 10**30}, {"efSearch": 2**31}, {"k_factor": 1e308}):
+        assert "at most" in assert_error(search(params=params), 400)
+    # a vector of 1e38s (norm inf in float32) or of 1e-45s (norm 0) points where a vector of ones does
+    ones = ids_of(client.post("/collections/h/search", json={"vector": [1.0] * dim, "k": 40}))
+    for tiny_or_huge in (1e38, 1e-45):
+        got = ids_of(client.post("/collections/h/search", json={"vector": [tiny_or_huge] * dim, "k": 40}))
+        assert got == ones

@@ -22,6 +22,11 @@ from prometheus_client import (
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_ITEM_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 RATE_WINDOW_S = 30.0
+# a ZeroMQ client counts as active this long after its last message; every new connection brings a new
+# identity, so the table forgets the silent ones (and never holds more than MAX_CLIENTS) instead of growing
+# for the server's whole life
+ACTIVE_CLIENT_S = 600.0
+MAX_CLIENTS = 10_000
 
 disable_created_metrics()  # the *_created series double the output and no dashboard here reads them
 
@@ -47,7 +52,7 @@ class Metrics:
         self._engines: dict[str, _Tally] = defaultdict(_Tally)
         self._requests: dict[tuple[str, str], int] = defaultdict(int)
         self._errors: dict[tuple[str, str], int] = defaultdict(int)
-        self.clients: set[bytes] = set()  # ZeroMQ identities seen, as bert-as-service's status reports
+        self.clients: dict[bytes, float] = {}  # ZeroMQ identity -> last seen (monotonic), oldest first
         self.queue_depth = lambda: 0
         r = self.registry
         self._m_requests = Counter("bertserve_requests", "Requests served, by protocol and endpoint.",
@@ -87,8 +92,24 @@ class Metrics:
             self._errors[(protocol, error_type)] += 1
 
     def observe_client(self, identity: bytes):
+        now = time.monotonic()
         with self._lock:
-            self.clients.add(identity)
+            self.clients.pop(identity, None)  # re-inserted last: the dict stays ordered by last message
+            self.clients[identity] = now
+            if len(self.clients) > MAX_CLIENTS:
+                self._forget_clients(now)
+
+    def _forget_clients(self, now: float):
+        """Drop identities silent for ACTIVE_CLIENT_S, and the oldest beyond MAX_CLIENTS (lock held)."""
+        for identity, seen in list(self.clients.items()):
+            if now - seen <= ACTIVE_CLIENT_S and len(self.clients) <= MAX_CLIENTS:
+                break
+            del self.clients[identity]
+
+    def active_clients(self) -> int:
+        with self._lock:
+            self._forget_clients(time.monotonic())
+            return len(self.clients)
 
     # -- batchers -------------------------------------------------------------------------------------
     def observe_batch(self, engine: str, items: int, tokens: int, seconds: float):
@@ -142,7 +163,7 @@ class Metrics:
         with self._lock:
             by_endpoint = {f"{p}:{e}": n for (p, e), n in sorted(self._requests.items())}
             errors = {f"{p}:{t}": n for (p, t), n in sorted(self._errors.items())}
-            clients = len(self.clients)
+        clients = self.active_clients()
         return {
             "uptime_s": round(time.time() - self.started, 3),
             "num_request": sum(by_endpoint.values()),

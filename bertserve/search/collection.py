@@ -359,8 +359,9 @@ class Collection(VectorInput):
         if mode != "dense":
             return self._search_keywords(query, k, filter, params, include_text, include_metadata, mode,
                                          fusion, rrf_k, part_weights, window)
-        single, scores, iids = self._search(query, k, filter, params)
-        with self._lock:
+        prepared = self._prepare(query, k, filter, params)
+        with self._lock:  # one hold from the index search to the rows: a delete in between would lose them
+            single, scores, iids = self._search(*prepared)
             rows = None
             if include_text or include_metadata:
                 rows = self.store.rows(np.unique(iids[iids >= 0]))
@@ -370,25 +371,31 @@ class Collection(VectorInput):
     def search_arrays(self, query, k: int = 10, filter: dict | None = None, params: dict | None = None):
         """Like `search` but as arrays for bulk work: (scores (nq, k) float32, ids (nq, k) object array
         with None where fewer than k items qualified); no per-hit Python objects."""
-        single, scores, iids = self._search(query, k, filter, params)
+        prepared = self._prepare(query, k, filter, params)
         with self._lock:
+            single, scores, iids = self._search(*prepared)
             ids = self._names.lookup(iids)
         return (scores[0], ids[0]) if single else (scores, ids)
 
-    def _search(self, query, k, filter, params) -> tuple[bool, np.ndarray, np.ndarray]:
+    def _prepare(self, query, k, filter, params) -> tuple:
+        """What a dense search needs, worked out without the lock: queries are embedded here (the slow
+        part, which must not hold up writers), the filter compiled, the parameters checked."""
         clamp_k(k, 1, self.max_k)  # the bad-k message before any query is embedded
         single, queries = self._queries(query)
         merged = {**self._auto_params, **self.spec.params, **specs.check_params(params)}
         where = compile_filter(filter) if filter is not None else None
-        with self._lock:
-            self._check_open()
-            k = clamp_k(k, len(self), self.max_k)
-            allowed = self.store.matching(*where) if where is not None else None
-            if self.vindex.live == 0 or (allowed is not None and len(allowed) == 0):
-                scores = np.full((len(queries), k), np.nan, np.float32)
-                iids = np.full((len(queries), k), -1, np.int64)
-            else:
-                scores, iids = self.vindex.search(queries, int(k), merged, allowed, self._exact)
+        return single, queries, k, merged, where
+
+    def _search(self, single, queries, k, merged, where) -> tuple[bool, np.ndarray, np.ndarray]:
+        """The dense search itself; the caller holds the lock until it has read what the ids name."""
+        self._check_open()
+        k = clamp_k(k, len(self), self.max_k)
+        allowed = self.store.matching(*where) if where is not None else None
+        if self.vindex.live == 0 or (allowed is not None and len(allowed) == 0):
+            scores = np.full((len(queries), k), np.nan, np.float32)
+            iids = np.full((len(queries), k), -1, np.int64)
+        else:
+            scores, iids = self.vindex.search(queries, int(k), merged, allowed, self._exact)
         return single, scores, iids
 
     def _hits(self, scores, iids, rows, with_text, with_meta) -> list[Hit]:
@@ -462,12 +469,14 @@ class Collection(VectorInput):
                            "only mode 'dense' is available")
         window = fusions.check_window(window, k)
         where = compile_filter(filter) if filter is not None else None
-        dense = None
-        if mode == "hybrid":
-            _, d_scores, d_iids = self._search(list(texts), window, filter, params)
-            dense = [fusions.Ranked(i[i >= 0], s[i >= 0], self.spec.metric != "l2") for s, i in zip(d_scores, d_iids)]
-        with self._lock:
+        prepared = self._prepare(list(texts), window, filter, params) if mode == "hybrid" else None
+        with self._lock:  # the dense part, the keyword part and the rows from one state of the collection
             self._check_open()
+            dense = None
+            if prepared is not None:
+                _, d_scores, d_iids = self._search(*prepared)
+                dense = [fusions.Ranked(i[i >= 0], s[i >= 0], self.spec.metric != "l2")
+                         for s, i in zip(d_scores, d_iids)]
             allowed = self.store.matching(*where) if where is not None else None
             keyword = []
             for t in texts:

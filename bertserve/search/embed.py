@@ -141,7 +141,15 @@ class VectorInput:
             raise BadInput(f"vectors contain NaN or inf (rows {np.flatnonzero(bad)[:10].tolist()})")
         arr = np.ascontiguousarray(arr)
         if self.metric == "cosine":
-            norms = np.linalg.norm(arr, axis=1, keepdims=True)
+            with np.errstate(over="ignore", under="ignore"):
+                norms = np.linalg.norm(arr, axis=1, keepdims=True)
+            # the float32 norm of a row of 1e38s overflows (dividing would zero the row silently) and one of
+            # 1e-45s underflows to 0: such rows are first scaled by their largest entry, which keeps the cosine
+            odd = ~np.isfinite(norms[:, 0]) | ((norms[:, 0] == 0) & (arr != 0).any(axis=1))
+            if odd.any():
+                arr = arr.copy()
+                arr[odd] /= np.abs(arr[odd]).max(axis=1, keepdims=True)
+                norms[odd] = np.linalg.norm(arr[odd], axis=1, keepdims=True)
             if (norms == 0).any():
                 raise BadInput(f"zero vectors have no cosine (rows {np.flatnonzero(norms[:, 0] == 0)[:10].tolist()})")
             arr = arr / norms

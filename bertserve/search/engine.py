@@ -23,6 +23,8 @@ from bertserve.search import spec as specs
 EXACT_MATCHES_BELOW = 2048
 # Over-fetch factor for indexes that cannot filter inside Faiss (PQ, LSH).
 OVERFETCH = 4
+# distinct search settings whose Faiss parameter objects are kept for reuse
+PARAMS_KEPT = 16
 
 # `auto` tunes its search parameter on this many stored vectors to reach this recall@10. The target is
 # above the 0.95 promised because stored vectors flatter the index: on GloVe 400k a 0.95 target chose
@@ -142,11 +144,16 @@ class VectorIndex:
 
     def _parameters(self, params: dict):
         # Building SWIG parameter objects costs as much as a fast single-query search; they are
-        # read-only during a search, so one per distinct setting is shared.
+        # read-only during a search, so one per distinct setting is shared. Clients choose the settings
+        # (any nprobe or ef), so only the last PARAMS_KEPT are kept.
         key = tuple(sorted(params.items()))
-        if key not in self._unfiltered_params:
-            self._unfiltered_params[key] = specs.search_parameters(self.index, params, None)
-        return self._unfiltered_params[key]
+        found = self._unfiltered_params.pop(key, None)
+        if found is None:
+            found = specs.search_parameters(self.index, params, None)
+        self._unfiltered_params[key] = found  # last used last: the first is the one to forget
+        while len(self._unfiltered_params) > PARAMS_KEPT:
+            del self._unfiltered_params[next(iter(self._unfiltered_params))]
+        return found
 
     def _labels(self, iids: np.ndarray) -> np.ndarray:
         if self.by_id:

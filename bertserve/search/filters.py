@@ -19,6 +19,11 @@ COMPARE = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 OPERATORS = {"$eq", "$ne", "$in", "$nin", "$exists", *COMPARE}
 LOGICAL = {"$and", "$or", "$nor"}
 MAX_DEPTH = 32
+# Conditions (field tests and $in values) in one filter. SQLite binds at most 32,766 values per statement
+# and each condition binds up to three; past this a filter is a table scan in disguise anyway.
+MAX_CONDITIONS = 4096
+# SQLite stores integers in 64 bits; a larger one in metadata is kept as a real, so a filter compares it so
+INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
 class FilterError(BadInput):
@@ -38,7 +43,24 @@ def walk(query, emit) -> str:
     """
     if not isinstance(query, dict):
         raise FilterError(f"filter must be a JSON object, got {type(query).__name__}")
+    _count_conditions(query)
     return _doc(query, emit, 0)
+
+
+def _count_conditions(query):
+    """Refuse a filter with more than MAX_CONDITIONS parts, counted without recursion. Parts deeper than
+    any valid filter reaches are not counted: the walk refuses them as nested too deeply."""
+    count, todo = 0, [(query, 0)]
+    while todo:
+        item, level = todo.pop()
+        if level <= 2 * MAX_DEPTH + 4:  # each filter level is a list and an object
+            if isinstance(item, dict):
+                todo.extend((v, level + 1) for v in item.values())
+            elif isinstance(item, list):
+                todo.extend((v, level + 1) for v in item)
+        count += 1
+        if count > MAX_CONDITIONS:
+            raise FilterError(f"filter has more than {MAX_CONDITIONS} conditions")
 
 
 class SQLite:
@@ -54,11 +76,11 @@ class SQLite:
 
     @staticmethod
     def all(parts: list[str]) -> str:
-        return "(" + " AND ".join(parts) + ")"
+        return _balanced(parts, "AND")
 
     @staticmethod
     def any(parts: list[str]) -> str:
-        return "(" + " OR ".join(parts) + ")"
+        return _balanced(parts, "OR")
 
     @staticmethod
     def negate(part: str) -> str:
@@ -87,6 +109,15 @@ class SQLite:
         return f"IFNULL(json_type(meta, ?) IN {kinds} AND json_extract(meta, ?) = ?, 0)"
 
 
+def _balanced(parts: list[str], op: str) -> str:
+    """`(a OP b OP ...)` as a balanced tree of parentheses: SQLite parses a flat chain into a tree as deep
+    as the chain is long and refuses one deeper than 1000 (an $in of 1000 values)."""
+    if len(parts) <= 8:
+        return "(" + f" {op} ".join(parts) + ")"
+    half = len(parts) // 2
+    return f"({_balanced(parts[:half], op)} {op} {_balanced(parts[half:], op)})"
+
+
 def _doc(query: dict, emit, depth: int) -> str:
     if depth > MAX_DEPTH:
         raise FilterError("filter is nested too deeply")
@@ -113,7 +144,7 @@ def _segments(field) -> list[str]:
         raise FilterError(f"invalid field name {field!r}")
     segments = field.split(".")
     for seg in segments:
-        if not seg or '"' in seg or "\\" in seg:
+        if not seg or '"' in seg or "\\" in seg or any(c < " " for c in seg):
             raise FilterError(f"invalid field name {field!r}")
     return segments
 
@@ -151,6 +182,11 @@ def _scalar(value, op: str, ordered: bool = False):
         if ordered:
             raise FilterError(f"{op} compares numbers or strings, got {value!r}")
         return value
+    if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+        try:
+            return float(value)
+        except OverflowError:
+            raise FilterError(f"{op} value is too large a number") from None
     if isinstance(value, (int, float)):
         if not math.isfinite(value):
             raise FilterError(f"{op} value must be a finite number, got {value!r}")

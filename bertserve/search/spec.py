@@ -15,6 +15,11 @@ from bertserve.errors import BadInput, BadInputType
 
 METRICS = {"cosine": faiss.METRIC_INNER_PRODUCT, "ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 SEARCH_PARAMS = ("nprobe", "efSearch", "k_factor")
+# Largest value of each: Faiss sizes its work by them (efSearch candidates per query, k_factor x k
+# refined hits) and stores them in C ints, so a client's 10**30 was an OverflowError, 10**8 a heap of 1 GB.
+# Far above any useful setting: nprobe beyond nlist is cut to nlist by Faiss, efSearch beyond a few
+# thousand no longer raises recall.
+SEARCH_PARAM_MAX = {"nprobe": 1 << 20, "efSearch": 1 << 15, "k_factor": 1000}
 
 # Faiss's own guidance: below this many points per centroid k-means quality drops (it warns at 39).
 POINTS_PER_CENTROID = 39
@@ -59,6 +64,8 @@ def check_params(params: dict | None) -> dict:
             raise BadInput(f"unknown search parameter {name!r}; expected one of {list(SEARCH_PARAMS)}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise BadInput(f"search parameter {name} must be a positive number, got {value!r}")
+        if value > SEARCH_PARAM_MAX[name]:
+            raise BadInput(f"search parameter {name} is at most {SEARCH_PARAM_MAX[name]}, got {value!r}")
         out[name] = float(value) if name == "k_factor" else int(value)
     return out
 

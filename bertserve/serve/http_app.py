@@ -325,6 +325,10 @@ class _BodyLimit:
         await resp(scope, receive, send)
 
 
+# the client chooses the method: any other word would be a new metrics series per request, for ever
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class _Timing:
     """Counts every HTTP request by route and times it from arrival to the end of the response."""
 
@@ -340,4 +344,5 @@ class _Timing:
         finally:
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "other"
-            self.metrics.observe_request("http", f"{scope['method']} {endpoint}", time.perf_counter() - t0)
+            method = scope["method"] if scope["method"] in HTTP_METHODS else "OTHER"
+            self.metrics.observe_request("http", f"{method} {endpoint}", time.perf_counter() - t0)

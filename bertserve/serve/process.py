@@ -19,12 +19,20 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
 class ServerProcess:
-    """`ServerProcess("--model", path)`; `.url`, `.port`, `.port_out`; `.stop()` sends SIGTERM and waits."""
+    """`ServerProcess("--model", path)`; `.url`, `.port`, `.port_out`; `.stop()` sends SIGTERM and waits.
 
-    def __init__(self, *flags: str, startup_timeout: float = 120.0):
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="bertserve-serve-", suffix=".log", delete=False)
+    The server's stderr goes to `log_path` when given (kept after `stop()`), else to a temporary file that a
+    clean exit removes.
+    """
+
+    def __init__(self, *flags: str, startup_timeout: float = 120.0, log_path: str | Path | None = None,
+                 env: dict | None = None):
+        self.keep_log = log_path is not None
+        # open for the server's whole life: stop() closes it
+        self.log = (open(log_path, "w+") if self.keep_log else  # noqa: SIM115
+                    tempfile.NamedTemporaryFile("w+", prefix="bertserve-serve-", suffix=".log", delete=False))  # noqa: SIM115
         env = {**os.environ, "PYTHONPATH": f"{PACKAGE_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}
         cmd = [sys.executable, "-m", "bertserve.cli", "serve", "--http-port", "0", "--port", "0",
                "--port-out", "0", *flags]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
@@ -63,7 +71,7 @@ class ServerProcess:
                 self.proc.wait(10)
         self.proc.stdout.close()
         self.log.close()
-        if self.proc.returncode == 0:  # a failed run keeps its log for reading
+        if self.proc.returncode == 0 and not self.keep_log:  # a failed run keeps its log for reading
             Path(self.log.name).unlink(missing_ok=True)
         return self.proc.returncode
 
