@@ -281,20 +281,29 @@ class BM25Index:
     def search(self, text: str, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, internal ids), best first: at most k items that share a term with the query and,
         when `allowed` (sorted internal ids) is given, are among them."""
+        return self.search_many([text], k, allowed)[0]
+
+    def search_many(self, texts, k: int, allowed: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`search` for each text; the filter's document mask is computed once for them all."""
         scorer = self.scorer()
-        ids = scorer.get_tokens_ids(self.analyze(text))
-        if not ids or scorer.scores["num_docs"] == 0:
-            return np.empty(0, np.float32), np.empty(0, np.int64)
         mask = None
         if allowed is not None:  # bm25s's own filter: a 0/1 weight per document
-            mask = np.isin(self.doc_iids, allowed).astype(np.float32)
-        scores = scorer.get_scores_from_ids(ids, weight_mask=mask)
-        hits = np.flatnonzero(scores > 0)
-        if len(hits) > k:
-            hits = hits[np.argpartition(-scores[hits], k - 1)[:k]]
-        # best first; ties by arrival order, so results are reproducible
-        hits = hits[np.lexsort((hits, -scores[hits]))]
-        return scores[hits], self.doc_iids[hits]
+            mask = np.isin(self.doc_iids, allowed, assume_unique=True).astype(np.float32)
+        empty = (np.empty(0, np.float32), np.empty(0, np.int64))
+        out = []
+        for text in texts:
+            ids = scorer.get_tokens_ids(self.analyze(text))
+            if not ids or scorer.scores["num_docs"] == 0:
+                out.append(empty)
+                continue
+            scores = scorer.get_scores_from_ids(ids, weight_mask=mask)
+            hits = np.flatnonzero(scores > 0)
+            if len(hits) > k:
+                hits = hits[np.argpartition(-scores[hits], k - 1)[:k]]
+            # best first; ties by arrival order, so results are reproducible
+            hits = hits[np.lexsort((hits, -scores[hits]))]
+            out.append((scores[hits], self.doc_iids[hits]))
+        return out
 
     # ---- files -------------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
