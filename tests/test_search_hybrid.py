@@ -79,12 +79,18 @@ def test_chinese_analyzers_follow_their_segmenter():
 
     text = "我来到北京清华大学，学习Machine Learning和自然语言处理。"
     stop = set(STOPWORDS_CHINESE) | set(STOPWORDS_EN)
+    runs = ("我来到北京清华大学", "学习", "和自然语言处理")
+    pairs = [run[i:i + 2] for run in runs for i in range(len(run) - 1)]
     for name, cut in (("chinese", rjieba.cut), ("chinese-jieba", jieba.lcut)):
         want = []
-        for run in ("我来到北京清华大学", "学习", "和自然语言处理"):
+        for run in runs:
             want += [w for w in cut(run) if w not in stop]
         want[want.index("学习") + 1:want.index("学习") + 1] = ["machine", "learning"]
-        assert PRESETS[name](text) == want, name
+        assert PRESETS[name](text) == want + pairs, name
+        # without pairs: the segmenter's words alone
+        assert Analyzer.of({**PRESETS[name].to_dict(), "bigrams": False})(text) == want, name
+    # pairs without a segmenter; a lone character stays whole
+    assert Analyzer(segmenter=None, stemmer=None, stopwords=(), bigrams=True)("北京 x 人") == ["北京", "人"]
     # standard: the same Chinese words, and English words stemmed
     assert "learn" in PRESETS["standard"](text) and "北京" in PRESETS["standard"](text)
     with pytest.raises(BadInput):

@@ -52,12 +52,15 @@ class Analyzer:
     the Python original); other text is split into words of two or more letters or digits, as bm25s
     does. Without a segmenter the whole text is split the bm25s way (a Chinese run stays one token).
     `stemmer` is a Snowball algorithm name for PyStemmer ("english", "german", ...); `stopwords` names
-    bm25s's lists ("en", "zh").
+    bm25s's lists ("en", "zh"). `bigrams` adds every pair of adjacent Chinese characters beside the
+    words: a paragraph and a sentence taken from it share many pairs that the segmenter cuts apart
+    differently (docs/hybrid-search.md has the figures); pairs are not stop-filtered.
     """
     segmenter: str | None = "rjieba"
     stemmer: str | None = "english"
     stopwords: tuple[str, ...] = ("en", "zh")
     lowercase: bool = True
+    bigrams: bool = False
 
     def __post_init__(self):
         if self.segmenter is not None and self.segmenter not in SEGMENTERS:
@@ -81,26 +84,29 @@ class Analyzer:
                 raise BadInput(f"analyzer must be one of {sorted(PRESETS)} or a dict of fields, got {spec!r}")
             return PRESETS[spec]
         if isinstance(spec, dict):
-            unknown = set(spec) - {"segmenter", "stemmer", "stopwords", "lowercase"}
+            unknown = set(spec) - {"segmenter", "stemmer", "stopwords", "lowercase", "bigrams"}
             if unknown:
                 raise BadInput(f"unknown analyzer fields {sorted(unknown)}")
             return cls(**spec)
         raise BadInput(f"analyzer must be a preset name or a dict, got {type(spec).__name__}")
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "stopwords": list(self.stopwords)}
+        out = {**asdict(self), "stopwords": list(self.stopwords)}
+        if not self.bigrams:  # recorded only when on: collections made before the field compare equal
+            del out["bigrams"]
+        return out
 
     def __call__(self, text: str) -> list[str]:
         return _tokenizer(self)(text)
 
 
 PRESETS = {
-    # Chinese runs segmented, other words stemmed: one index for mixed Chinese and English text
-    "standard": Analyzer(),
+    # Chinese runs segmented (words and character pairs), other words stemmed: mixed Chinese and English text
+    "standard": Analyzer(bigrams=True),
     # exactly bm25s.tokenize(texts, stopwords="en", stemmer=Stemmer("english"))
     "english": Analyzer(segmenter=None, stemmer="english", stopwords=("en",)),
-    "chinese": Analyzer(segmenter="rjieba", stemmer=None, stopwords=("zh", "en")),
-    "chinese-jieba": Analyzer(segmenter="jieba", stemmer=None, stopwords=("zh", "en")),
+    "chinese": Analyzer(segmenter="rjieba", stemmer=None, stopwords=("zh", "en"), bigrams=True),
+    "chinese-jieba": Analyzer(segmenter="jieba", stemmer=None, stopwords=("zh", "en"), bigrams=True),
 }
 
 
@@ -123,19 +129,23 @@ def _tokenizer(analyzer: Analyzer):
     def words(text: str) -> list[str]:
         if analyzer.lowercase:
             text = text.lower()
-        if segment is None:
+        pairs = []
+        if segment is None and not analyzer.bigrams:
             found = WORDS.findall(text)
         else:
             found = []
             for run, word in WORDS_AND_CJK.findall(text):
-                if run:
-                    found += [w for w in segment(run) if w.strip()]
-                else:
+                if not run:
                     found.append(word)
+                    continue
+                if segment is not None:
+                    found += [w for w in segment(run) if w.strip()]
+                if analyzer.bigrams:
+                    pairs += [run[i:i + 2] for i in range(len(run) - 1)] or ([] if segment else [run])
         found = [w for w in found if w not in stop]
         if stem is None:
-            return found
-        out = []
+            return found + pairs
+        out = pairs  # the pairs, then the stemmed words (order does not matter to BM25)
         for w in found:  # stems are cached: a corpus has far fewer distinct words than tokens
             s = stems.get(w)
             if s is None:
@@ -281,20 +291,29 @@ class BM25Index:
     def search(self, text: str, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, internal ids), best first: at most k items that share a term with the query and,
         when `allowed` (sorted internal ids) is given, are among them."""
+        return self.search_many([text], k, allowed)[0]
+
+    def search_many(self, texts, k: int, allowed: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`search` for each text; the filter's document mask is computed once for them all."""
         scorer = self.scorer()
-        ids = scorer.get_tokens_ids(self.analyze(text))
-        if not ids or scorer.scores["num_docs"] == 0:
-            return np.empty(0, np.float32), np.empty(0, np.int64)
         mask = None
         if allowed is not None:  # bm25s's own filter: a 0/1 weight per document
-            mask = np.isin(self.doc_iids, allowed).astype(np.float32)
-        scores = scorer.get_scores_from_ids(ids, weight_mask=mask)
-        hits = np.flatnonzero(scores > 0)
-        if len(hits) > k:
-            hits = hits[np.argpartition(-scores[hits], k - 1)[:k]]
-        # best first; ties by arrival order, so results are reproducible
-        hits = hits[np.lexsort((hits, -scores[hits]))]
-        return scores[hits], self.doc_iids[hits]
+            mask = np.isin(self.doc_iids, allowed, assume_unique=True).astype(np.float32)
+        empty = (np.empty(0, np.float32), np.empty(0, np.int64))
+        out = []
+        for text in texts:
+            ids = scorer.get_tokens_ids(self.analyze(text))
+            if not ids or scorer.scores["num_docs"] == 0:
+                out.append(empty)
+                continue
+            scores = scorer.get_scores_from_ids(ids, weight_mask=mask)
+            hits = np.flatnonzero(scores > 0)
+            if len(hits) > k:
+                hits = hits[np.argpartition(-scores[hits], k - 1)[:k]]
+            # best first; ties by arrival order, so results are reproducible
+            hits = hits[np.lexsort((hits, -scores[hits]))]
+            out.append((scores[hits], self.doc_iids[hits]))
+        return out
 
     # ---- files -------------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:

@@ -382,7 +382,7 @@ class Collection(VectorInput):
         part, which must not hold up writers), the filter compiled, the parameters checked."""
         clamp_k(k, 1, self.max_k)  # the bad-k message before any query is embedded
         single, queries = self._queries(query)
-        merged = {**self._auto_params, **self.spec.params, **specs.check_params(params)}
+        merged = self._merged_params(params)
         where = compile_filter(filter) if filter is not None else None
         return single, queries, k, merged, where
 
@@ -391,12 +391,17 @@ class Collection(VectorInput):
         self._check_open()
         k = clamp_k(k, len(self), self.max_k)
         allowed = self.store.matching(*where) if where is not None else None
-        if self.vindex.live == 0 or (allowed is not None and len(allowed) == 0):
-            scores = np.full((len(queries), k), np.nan, np.float32)
-            iids = np.full((len(queries), k), -1, np.int64)
-        else:
-            scores, iids = self.vindex.search(queries, int(k), merged, allowed, self._exact)
+        scores, iids = self._dense_locked(queries, int(k), merged, allowed)
         return single, scores, iids
+
+    def _merged_params(self, params) -> dict:
+        return {**self._auto_params, **self.spec.params, **specs.check_params(params)}
+
+    def _dense_locked(self, queries: np.ndarray, k: int, merged: dict, allowed: np.ndarray | None):
+        """(scores, iids) (nq, k) of the vector index, -1/NaN padded; the caller holds the lock."""
+        if self.vindex.live == 0 or (allowed is not None and len(allowed) == 0):
+            return np.full((len(queries), k), np.nan, np.float32), np.full((len(queries), k), -1, np.int64)
+        return self.vindex.search(queries, k, merged, allowed, self._exact)
 
     def _hits(self, scores, iids, rows, with_text, with_meta) -> list[Hit]:
         pairs = [(s, i) for s, i in zip(scores.tolist(), iids.tolist()) if i >= 0]
@@ -461,35 +466,38 @@ class Collection(VectorInput):
     # ---- keyword (BM25) and hybrid search --------------------------------------------------------------
     def _search_keywords(self, query, k, filter, params, include_text, include_metadata, mode, fusion,
                          rrf_k, weights, window):
-        """search() in mode "bm25" or "hybrid": needs text queries."""
-        k = clamp_k(k, len(self), self.max_k)
+        """search() in mode "bm25" or "hybrid": needs text queries. The filter is evaluated once and
+        serves both retrievers; query vectors are computed before the lock is taken."""
+        clamp_k(k, 1, self.max_k)
         single, texts = fusions.text_queries(query, mode)
         if self.bm25 is None:
             raise Conflict(f"collection {self.path.name} was created without a BM25 index (bm25=False); "
                            "only mode 'dense' is available")
-        window = fusions.check_window(window, k)
         where = compile_filter(filter) if filter is not None else None
-        prepared = self._prepare(list(texts), window, filter, params) if mode == "hybrid" else None
-        with self._lock:  # the dense part, the keyword part and the rows from one state of the collection
+        vectors = merged = None
+        if mode == "hybrid":
+            merged = self._merged_params(params)
+            _, vectors = self._queries(texts)
+        with self._lock:
             self._check_open()
-            dense = None
-            if prepared is not None:
-                _, d_scores, d_iids = self._search(*prepared)
-                dense = [fusions.Ranked(i[i >= 0], s[i >= 0], self.spec.metric != "l2")
-                         for s, i in zip(d_scores, d_iids)]
+            k = int(clamp_k(k, len(self), self.max_k))
+            window = fusions.check_window(window, k)
             allowed = self.store.matching(*where) if where is not None else None
-            keyword = []
-            for t in texts:
-                scores, iids = self.bm25.search(t, window if dense else int(k), allowed)
-                keyword.append(fusions.Ranked(iids, scores))
-            answers = []
-            for n, ranked in enumerate(keyword):
-                if dense is None:
-                    parts = [{"bm25": float(s), "bm25_rank": r + 1} for r, s in enumerate(ranked.scores.tolist())]
-                    answers.append((ranked.iids, ranked.scores.tolist(), parts))
-                else:
-                    fused = fusions.fuse({"dense": dense[n], "bm25": ranked}, int(k), fusion, weights, rrf_k)
+            keyword = self.bm25.search_many(texts, window if mode == "hybrid" else k, allowed)
+            if mode == "hybrid":
+                d_scores, d_iids = self._dense_locked(vectors, clamp_k(window, len(self), self.max_k), merged,
+                                                      allowed)
+                higher = self.spec.metric != "l2"
+                answers = []
+                for n, (kw_scores, kw_iids) in enumerate(keyword):
+                    keep = d_iids[n] >= 0
+                    fused = fusions.fuse({"dense": fusions.Ranked(d_iids[n][keep], d_scores[n][keep], higher),
+                                          "bm25": fusions.Ranked(kw_iids, kw_scores)}, k, fusion, weights, rrf_k)
                     answers.append((fused.iids, fused.scores.tolist(), fused.parts))
+            else:
+                answers = [(iids, scores.tolist(), [{"bm25": s, "bm25_rank": r}
+                                                    for r, s in enumerate(scores.tolist(), start=1)])
+                           for scores, iids in keyword]
             rows = None
             if include_text or include_metadata:
                 found = np.concatenate([a[0] for a in answers]) if answers else np.empty(0, np.int64)
@@ -497,14 +505,14 @@ class Collection(VectorInput):
             names = self._names.names
             out = []
             for iids, scores, parts in answers:
+                if rows is None:
+                    out.append([Hit(names[i], s, None, None, p) for i, s, p in zip(iids.tolist(), scores, parts)])
+                    continue
                 hits = []
                 for iid, score, part in zip(iids.tolist(), scores, parts):
-                    if rows is None:
-                        hits.append(Hit(names[iid], score, None, None, part))
-                    else:
-                        row = rows[iid]
-                        hits.append(Hit(row[0], score, row[1] if include_text else None,
-                                        row[2] if include_metadata else None, part))
+                    row = rows[iid]
+                    hits.append(Hit(row[0], score, row[1] if include_text else None,
+                                    row[2] if include_metadata else None, part))
                 out.append(hits)
         return out[0] if single else out
 

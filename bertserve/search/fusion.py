@@ -80,38 +80,37 @@ def check_window(window, k: int) -> int:
 def fuse(lists: dict[str, Ranked], k: int, fusion: str, weights: dict[str, float], rrf_k: float = RRF_K) -> Fused:
     """Top k of the fused lists; ties go to the item ranked better in the dense list, then by id.
 
-    `rrf`: sum of weight / (rrf_k + rank); `weighted`: sum of weight * min-max normalized score."""
+    `rrf`: sum of weight / (rrf_k + rank); `weighted`: sum of weight * min-max normalized score.
+    Every search in mode hybrid pays this once per query, so it is written as a few whole-array steps."""
     names = [p for p in PARTS if p in lists]
-    every = np.concatenate([np.asarray(lists[p].iids, np.int64) for p in names])
+    iids = [np.asarray(lists[p].iids, np.int64) for p in names]
+    every = np.concatenate(iids)
     ids, where = np.unique(every, return_inverse=True)
-    fused = np.zeros(len(ids))
-    score = {p: np.full(len(ids), np.nan) for p in names}
-    rank = {p: np.zeros(len(ids), np.int64) for p in names}
+    gains, ranks, scores = [], np.zeros((len(names), len(ids)), np.int64), np.full((len(names), len(ids)), np.nan)
     start = 0
-    for p in names:
-        r = lists[p]
-        n = len(r.iids)
-        at = where[start:start + n]  # an id appears at most once per list: plain fancy indexing adds
+    for j, p in enumerate(names):
+        r, n = lists[p], len(iids[j])
+        at = where[start:start + n]  # an id appears at most once per list
         start += n
-        if n == 0:
-            continue
-        ranks = np.arange(1, n + 1)
+        rank = np.arange(1, n + 1)
         if fusion == "rrf":
-            fused[at] += weights[p] / (rrf_k + ranks)
+            gains.append(weights[p] / (rrf_k + rank))
         else:
             s = np.asarray(r.scores, np.float64) * (1 if r.higher_is_better else -1)
-            lo, hi = s.min(), s.max()
-            fused[at] += weights[p] * ((s - lo) / (hi - lo) if hi > lo else np.ones(n))
-        score[p][at] = r.scores
-        rank[p][at] = ranks
-    dense_rank = np.where(rank["dense"] > 0, rank["dense"], len(ids) + 1) if "dense" in rank else np.zeros(len(ids))
+            lo, hi = (s.min(), s.max()) if n else (0.0, 0.0)
+            gains.append(weights[p] * ((s - lo) / (hi - lo) if hi > lo else np.ones(n)))
+        ranks[j, at] = rank
+        scores[j, at] = r.scores
+    fused = np.bincount(where, weights=np.concatenate(gains), minlength=len(ids))
+    dense_rank = np.where(ranks[0] > 0, ranks[0], len(ids) + 1) if names[0] == "dense" else np.zeros(len(ids))
     order = np.lexsort((ids, dense_rank, -fused))[:k]
+    found = {p: (ranks[j, order].tolist(), scores[j, order].tolist()) for j, p in enumerate(names)}
     parts = []
-    for i in order.tolist():
+    for n in range(len(order)):
         row = {}
         for p in PARTS:
-            found = p in rank and rank[p][i] > 0
-            row[p] = float(score[p][i]) if found else None
-            row[f"{p}_rank"] = int(rank[p][i]) if found else None
+            rank = found[p][0][n] if p in found else 0
+            row[p] = found[p][1][n] if rank else None
+            row[f"{p}_rank"] = rank or None
         parts.append(row)
     return Fused(ids[order], fused[order], parts)
