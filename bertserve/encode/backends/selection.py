@@ -1,17 +1,20 @@
-"""`backend="auto"`: measure the candidates once on real text, keep the fastest that passes the quality gate.
+"""`backend="auto"`: a latency backend for small batches, a throughput backend for bulk, by a fixed rule.
 
-The decision depends on what the backend computes, not on what the Encoder does with it afterwards: it is
-made per (model content, hidden layers the backend must expose, pooler, gate, sample size, machine), so
-Encoders that differ only in pooling, normalization, max_seq_len or mask_cls_sep share one decision (and the
-ONNX exports, which are keyed the same way). The quality gate is applied to the mean-pooled vectors of the
-exposed layers (and the pooler output where one is needed).
+What a caller needs decides, not a timing: the server's small batches (one sentence, a few requests in a queue
+window) want the lowest fixed cost per call, bulk `encode` wants the most sentences per second. So `auto` is a
+router over two concrete backends, chosen per batch by its padded size (rows x length):
 
-The first Encoder for such a combination does not wait for the measurement: it starts on the exact torch
-backend, which needs no export, and measures in a background thread (a few hundred real sentences through
-torch fp32, the reference, and each fast candidate, in interleaved rounds); when the decision is made it is
-written to the cache and the Encoder switches to the chosen backend between two batches. Later Encoders read
-the decision and build only the chosen backend. When no fast candidate passes, the choice falls back to the
-fastest exact backend (torch or onnx fp32), so `auto` never trades accuracy it was not allowed to.
+  up to LATENCY_MAX_TOKENS   latency backend: onnx fp32 (exact; no per-call weight casts, one fused graph)
+  above                      throughput backend: bf16 where the CPU computes bfloat16 natively (avx512_bf16 or
+                             amx_bf16 in /proc/cpuinfo, detected, never assumed) and it passes the quality gate
+                             for this model; else onnx fp32
+
+No speed is measured at first use (a timing of a few seconds on a shared machine decides nothing), so nothing
+waits: the first Encoder serves at once on torch fp32 while a background thread exports the ONNX graph and checks
+bf16 against torch fp32 on `auto_sample` real sentences (quality only: cosine and neighbour overlap do not depend
+on the machine's load). The decision is cached per model content, exposed layers, pooler, gate, sample and CPU
+(settings.cache_dir), so later Encoders build the two chosen backends before their constructor returns. onnx-int8
+is never chosen: on all-MiniLM-L6-v2 it fails the gate (docs/encode.md), it stays the user's explicit trade.
 """
 from __future__ import annotations
 
@@ -24,38 +27,59 @@ from dataclasses import asdict
 
 import torch
 
-from bertserve.encode.backends import EXACT, make_backend
-from bertserve.encode.backends import export_cache
+from bertserve.encode.backends import CONCRETE, export_cache, make_backend
 from bertserve.encode.backends.bf16 import cpu_flags, native_bf16
 from bertserve.encode.backends.quality import QualityGate, measure_quality
 from bertserve.encode.backends.sample import english_sentences
 from bertserve.evaluation import SampleUnavailable
-from bertserve.machine_load import Meter
 from bertserve.models.tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
 
 SAMPLE_OFFSET = 400  # the first sentences calibrate nothing today, but stay clear of them for future recipes
-ROUNDS = 2
-DECISION_FORMAT = 2  # 2: keyed by exposed layers, not pooling; measured on mean-pooled layers
-SAMPLE_MAX_LEN = 128  # token limit of the measured sentences (they are short: this cuts only outliers)
+DECISION_FORMAT = 3  # 3: a latency/throughput pair by a fixed rule, bf16 checked for quality only
+SAMPLE_MAX_LEN = 128  # token limit of the checked sentences (they are short: this cuts only outliers)
 BATCH = 32
-DISTURBED_CORES = 0.25  # other processes' average load during the timing above which the decision is flagged
+# A batch of at most this many padded tokens goes to the latency backend: one sentence (~10-30 tokens) or a
+# server queue window of a few short requests; a bulk batch of 32 sentences is ~500-1000 tokens.
+LATENCY_MAX_TOKENS = 256
+CPU_FEATURES = ("avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni", "avx_vnni", "avx512f")
 
 
-def candidates() -> list[str]:
-    """Fast candidates on this machine, then the exact ones; torch (the reference) is timed as well."""
-    fast = ["onnx-int8"] + (["bf16"] if native_bf16() else [])
-    return fast + ["onnx", "torch"]
+def cpu_features() -> dict:
+    """The CPU features the rule reads, from /proc/cpuinfo, plus torch's own dispatch level."""
+    flags = cpu_flags()
+    return {"cpu": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0)),
+            "torch_capability": torch.backends.cpu.get_cpu_capability(),
+            **{f: f in flags for f in CPU_FEATURES}}
+
+
+def plan() -> dict[str, str]:
+    """The rule: which backend serves small batches and which bulk, on this CPU (before the quality check)."""
+    return {"latency": "onnx", "throughput": "bf16" if native_bf16() else "onnx"}
+
+
+class RoutedBackend:
+    """Two backends computing the same outputs; each batch goes to one of them by its padded size."""
+
+    def __init__(self, latency, throughput, max_latency_tokens: int = LATENCY_MAX_TOKENS):
+        self.latency, self.throughput, self.max_latency_tokens = latency, throughput, max_latency_tokens
+        self.hidden_indices, self.need_pooler = latency.hidden_indices, latency.need_pooler
+        self.name = latency.name if latency is throughput else f"{latency.name}/{throughput.name}"
+
+    def pick(self, input_ids: torch.Tensor):
+        return self.latency if input_ids.numel() <= self.max_latency_tokens else self.throughput
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        return self.pick(input_ids).forward(input_ids, attention_mask, token_type_ids)
 
 
 def _decision_entry(encoder, gate: QualityGate, sample_size: int):
-    machine = {"cpu": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0)),
-               "bf16": native_bf16(), "vnni": "avx512_vnni" in cpu_flags(), "threads": encoder.config.num_threads}
+    machine = {**cpu_features(), "threads": encoder.config.num_threads}
     return export_cache.entry_key(
         "auto", model=export_cache.checkpoint_content_hash(encoder.checkpoint), hidden=list(encoder.hidden_indices),
         pooler=encoder.need_pooler, type_ids=encoder.use_type_ids, gate=asdict(gate), sample=sample_size,
-        candidates=candidates(), machine=machine, format=DECISION_FORMAT)
+        plan=plan(), max_latency_tokens=LATENCY_MAX_TOKENS, machine=machine, format=DECISION_FORMAT)
 
 
 def _build(encoder, name: str):
@@ -97,86 +121,77 @@ def _batches(encoder, texts: list[str]):
     return out
 
 
-def _measure(encoder, batches, names: list[str], ready: dict) -> dict:
-    """Build each backend (reusing `ready` ones), run the sample through it in interleaved rounds; best time
-    and vectors per backend."""
-    results: dict[str, dict] = {}
-    backends = {}
-    for name in names:
+def _built(encoder, name: str, ready: dict):
+    """`name` built (once per decision), or torch fp32 where it cannot be built here (an exporter error)."""
+    if name not in ready:
         try:
-            backends[name] = ready.get(name) or _build(encoder, name)
-        except Exception as e:  # a candidate that cannot be built here (missing CPU feature, exporter error)
-            results[name] = {"error": f"{type(e).__name__}: {e}"}
-    vectors = {}
-    for name, backend in backends.items():  # warm-up: first calls allocate and pick kernels
-        _sample_vectors(encoder, backend, batches[:1])
-    for _ in range(ROUNDS):
-        for name, backend in backends.items():
-            start = time.perf_counter()
-            vectors[name] = _sample_vectors(encoder, backend, batches).numpy()
-            elapsed = time.perf_counter() - start
-            results.setdefault(name, {"seconds": elapsed})
-            results[name]["seconds"] = min(results[name]["seconds"], elapsed)
-    return {"results": results, "vectors": vectors, "backends": backends}
+            ready[name] = _build(encoder, name)
+        except Exception as e:
+            log.warning("auto: %s does not build here (%s: %s); using torch", name, type(e).__name__, e)
+            ready[name] = ready.get("torch") or _build(encoder, "torch")
+    return ready[name]
+
+
+def decide(encoder, gate: QualityGate, sample_size: int, ready: dict | None = None, on_latency=None):
+    """Build the planned pair, check the approximate one against the gate, record: (RoutedBackend, record).
+    `on_latency(backend)` is called as soon as the exact latency backend is built, before the quality check."""
+    started = time.perf_counter()
+    name, described = _decision_entry(encoder, gate, sample_size)
+    ready = dict(ready or {})
+    chosen = plan()
+    latency = _built(encoder, chosen["latency"], ready)
+    if on_latency is not None:
+        on_latency(RoutedBackend(latency, latency))
+    checks = {}
+    if chosen["throughput"] != chosen["latency"]:
+        candidate = _built(encoder, chosen["throughput"], ready)
+        try:
+            batches = _batches(encoder, english_sentences(sample_size, offset=SAMPLE_OFFSET))
+            reference = _sample_vectors(encoder, _built(encoder, "torch", ready), batches).numpy()
+            quality = measure_quality(reference, _sample_vectors(encoder, candidate, batches).numpy())
+            checks[chosen["throughput"]] = {**quality.to_dict(), "passed": quality.passes(gate)}
+        except SampleUnavailable as e:
+            checks[chosen["throughput"]] = {"passed": False, "reason": str(e)}
+        if not checks[chosen["throughput"]]["passed"]:
+            chosen["throughput"] = chosen["latency"]  # never trade accuracy the gate does not allow
+    routed = RoutedBackend(latency, ready[chosen["throughput"]])
+    record = {"entry": described, "backend": routed.name, "latency": routed.latency.name,
+              "throughput": routed.throughput.name, "max_latency_tokens": LATENCY_MAX_TOKENS,
+              "quality": checks, "cpu": cpu_features(), "seconds": round(time.perf_counter() - started, 2),
+              "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    export_cache.write_json(export_cache.entry_dir(name) / "decision.json", record)
+    log.info("auto: %s for batches up to %d tokens, %s above, for %s", record["latency"], LATENCY_MAX_TOKENS,
+             record["throughput"], encoder.checkpoint.path)
+    return routed, record
+
+
+def from_record(encoder, record: dict, ready: dict | None = None) -> RoutedBackend:
+    ready = dict(ready or {})
+    latency = _built(encoder, record["latency"], ready)
+    return RoutedBackend(latency, _built(encoder, record["throughput"], ready))
 
 
 def cached_choice(encoder, gate: QualityGate, sample_size: int):
     """(backend, decision record) when this combination was decided before and the choice still builds, else None."""
     name, described = _decision_entry(encoder, gate, sample_size)
     record = export_cache.read_json(export_cache.entry_dir(name) / "decision.json")
-    if record is not None and record.get("entry") == described and record.get("backend") in candidates():
+    if record is not None and record.get("entry") == described and \
+            record.get("latency") in CONCRETE and record.get("throughput") in CONCRETE:
         try:
-            return _build(encoder, record["backend"]), record
+            return from_record(encoder, record), record
         except Exception as e:
-            log.warning("auto: cached choice %s no longer builds (%s); measuring again", record["backend"], e)
+            log.warning("auto: cached choice %s no longer builds (%s); deciding again", record["backend"], e)
     return None
 
 
-def decide(encoder, gate: QualityGate, sample_size: int, ready: dict | None = None):
-    """Measure the candidates now and record the decision: (backend, decision record)."""
-    name, described = _decision_entry(encoder, gate, sample_size)
-    decision_file = export_cache.entry_dir(name) / "decision.json"
-    try:
-        texts = english_sentences(sample_size, offset=SAMPLE_OFFSET)
-    except SampleUnavailable as e:
-        log.warning("auto: %s; using the exact torch backend", e)
-        return (ready or {}).get("torch") or _build(encoder, "torch"), {"backend": "torch", "reason": str(e)}
-    batches = _batches(encoder, texts)
-    with Meter() as load:
-        measured = _measure(encoder, batches, candidates(), ready or {})
-    others = load.sample.others_cpu / max(load.sample.wall, 1e-9)
-    results, vectors = measured["results"], measured["vectors"]
-    reference = vectors["torch"]
-    for cand, vecs in vectors.items():
-        quality = measure_quality(reference, vecs)
-        results[cand].update(quality.to_dict(), passed=quality.passes(gate))
-    timed = [c for c in results if "seconds" in results[c]]
-    passing = [c for c in timed if results[c]["passed"]]
-    fallback = not any(c not in EXACT for c in passing)
-    pool = [c for c in timed if c in EXACT and results[c]["passed"]] if fallback else passing
-    chosen = min(pool or ["torch"], key=lambda c: results.get(c, {}).get("seconds", float("inf")))
-    if others > DISTURBED_CORES:
-        log.warning("auto: other processes kept %.2f cores busy while backends were timed, so the choice of %s may "
-                    "not be the fastest on a quiet machine; delete %s to measure again, or force a backend",
-                    others, chosen, decision_file.parent)
-    record = {"entry": described, "backend": chosen, "fallback_to_exact": fallback, "sentences": len(texts),
-              "others_cores": round(others, 3), "seconds": round(load.sample.wall, 2),
-              "candidates": results, "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    export_cache.write_json(decision_file, record)
-    log.info("auto: chose %s for %s (%s)", chosen, encoder.checkpoint.path,
-             ", ".join(f"{c} {results[c].get('seconds', float('nan')):.2f}s" for c in timed))
-    return measured["backends"].get(chosen) or _build(encoder, chosen), record
-
-
-_PENDING: dict[str, list] = {}  # decision entry -> Encoders waiting for the measurement already under way
+_PENDING: dict[str, list] = {}  # decision entry -> Encoders waiting for the decision already under way
 _PENDING_LOCK = threading.Lock()
 
 
 class AutoChoice:
-    """The `auto` decision of one Encoder: read from the cache, or measured in a background thread while the
-    Encoder serves on the exact torch backend (an Encoder created while the same combination is being measured
-    waits for that measurement instead of starting another). `on_decided(backend, record)` is called once the
-    decision is made."""
+    """The `auto` decision of one Encoder: read from the cache, or made in a background thread while the Encoder
+    serves on the exact torch backend (an Encoder created while the same combination is being decided waits for
+    that decision instead of starting another). `on_decided(backend, record)` is called at each switch."""
 
     def __init__(self, encoder, gate: QualityGate, sample_size: int, on_decided):
         self.record = None
@@ -187,33 +202,35 @@ class AutoChoice:
             self.backend, self.record = found
             self.done.set()
             return
-        self.backend = _build(encoder, "torch")  # exact and export-free: the Encoder is usable at once
+        start = _build(encoder, "torch")  # exact and export-free: the Encoder is usable at once
+        self.backend = RoutedBackend(start, start)
         entry, _ = _decision_entry(encoder, gate, sample_size)
         with _PENDING_LOCK:
             if entry in _PENDING:
                 _PENDING[entry].append(self._adopt)
                 return
             _PENDING[entry] = []
-        start = self.backend
 
-        def measure():
+        def work():
             try:
-                backend, record = decide(encoder, gate, sample_size, ready={"torch": start})
+                backend, record = decide(encoder, gate, sample_size, ready={"torch": start},
+                                         on_latency=lambda b: self._on_decided(b, None))
             except Exception as e:  # never leave the Encoder without a working backend
-                log.warning("auto: measuring backends failed (%s: %s); staying on torch", type(e).__name__, e)
-                backend, record = start, {"backend": "torch", "reason": f"measurement failed: {e}"}
+                log.warning("auto: deciding failed (%s: %s); staying on torch", type(e).__name__, e)
+                backend, record = self.backend, {"backend": "torch", "latency": "torch", "throughput": "torch",
+                                                 "reason": f"failed: {e}"}
             self._settle(backend, record)
             with _PENDING_LOCK:
                 waiting = _PENDING.pop(entry, [])
             for adopt in waiting:
                 adopt(record)
 
-        threading.Thread(target=measure, name="bertserve-auto-backend", daemon=True).start()
+        threading.Thread(target=work, name="bertserve-auto-backend", daemon=True).start()
 
     def _adopt(self, record: dict):
-        """Another Encoder's measurement decided this combination: build the chosen backend for this one."""
+        """Another Encoder's decision covers this combination: build the chosen pair for this one."""
         try:
-            backend = self.backend if record["backend"] == "torch" else _build(self._encoder, record["backend"])
+            backend = from_record(self._encoder, record, {"torch": self.backend.latency})
         except Exception as e:
             log.warning("auto: %s does not build for this Encoder (%s); staying on torch", record["backend"], e)
             backend = self.backend
