@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import collections
 import re
-import shutil
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from conftest import save_tiny_bert
+from serve_corpus import lee_sentences
 
 from bertserve import Encoder
 from bertserve.distill.static import StaticDistillConfig, StaticDistiller, save_static
@@ -17,8 +19,6 @@ from bertserve.encode import EncoderConfig
 from bertserve.encode.static import StaticEncoder
 from bertserve.errors import BadInput
 from bertserve.models import CheckpointError, load_checkpoint
-from conftest import save_tiny_bert
-from serve_corpus import lee_sentences
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -29,7 +29,7 @@ def sentences() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def english_vocab(tmp_path_factory, sentences) -> "Path":
+def english_vocab(tmp_path_factory, sentences) -> Path:
     """A real WordPiece vocab.txt: the 1,500 commonest lower-cased words of the Lee corpus, letters and '##' letters."""
     words = collections.Counter(w for s in sentences for w in re.findall(r"[a-z]+|[^\sa-z0-9]", s.lower()))
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
@@ -79,6 +79,12 @@ def test_folder_loads_with_equal_vectors_in_model2vec_sentence_transformers_and_
     assert isinstance(ours, StaticEncoder) and ours.dim == 16 and ours.config.normalize is False
     theirs = StaticModel.from_pretrained(folder)
     np.testing.assert_allclose(ours.encode(TEXTS), theirs.encode(TEXTS), atol=1e-6)
+    # past max_length both truncate the same way (unknown words inside the kept part included)
+    short = Encoder(folder, max_seq_len=8)
+    texts = [" ".join(TEXTS * 3), "zyzzyva " * 3 + TEXTS[0]]
+    np.testing.assert_allclose(short.encode(texts), theirs.encode(texts, max_length=8), atol=1e-6)
+    # the engine path (tokenize, then embed: what the batcher calls) gives the fast path's vectors
+    np.testing.assert_allclose(ours.embed(ours.tokenize(TEXTS)), ours.encode(TEXTS), atol=1e-7)
     assert not ours.encode([""]).any()  # an empty text is a zero vector in both
     st = SentenceTransformer(str(folder), device="cpu")
     assert isinstance(st[0], StaticEmbedding)
