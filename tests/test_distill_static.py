@@ -127,8 +127,10 @@ def test_table_rows_are_the_teachers_own_token_vectors(tmp_path, tiny_teacher):
 def test_zipf_weights_follow_rank_and_corpus_weights_follow_counts():
     from bertserve.distill.static import corpus_weights, zipf_weights
 
-    w = zipf_weights(100, 1e-3)
+    w = zipf_weights(np.ones(100, dtype=bool), 1e-3)
     assert np.all(np.diff(w) > 0) and w[-1] < 1  # rarer (later) tokens weigh more
+    keep = np.arange(110) >= 10  # ten placeholders in front: ranks start at the first real token
+    np.testing.assert_allclose(zipf_weights(keep, 1e-3)[keep], w)
     c = corpus_weights([[1, 1, 1, 2]], 4, 1e-1)
     assert c[1] < c[2] < c[0] == c[3]  # seen three times < once < never
 

@@ -160,10 +160,13 @@ def _token_cache_file(teacher, tok, config: StaticDistillConfig, keep: np.ndarra
     return Path(config.cache_dir) / f"tokens-{digest.hexdigest()[:24]}.npy"
 
 
-def zipf_weights(n: int, a: float) -> np.ndarray:
-    """model2vec's estimate without a corpus: token rank r (its id order) has probability ~ 1 / (r + 2)."""
-    p = 1 / np.arange(2, n + 2)
-    p /= p.sum()
+def zipf_weights(keep: np.ndarray, a: float) -> np.ndarray:
+    """model2vec's estimate without a corpus: the r-th token in id order has probability ~ 1 / (r + 2), counting
+    only the tokens text can produce (kept), as model2vec ranks its cleaned vocabulary. Counting BERT's ~1,000
+    [unusedN] ids in front as well shifts every rank and costs Lee50 Spearman (0.367 against 0.384)."""
+    rank = np.cumsum(keep) - 1
+    p = 1 / (rank + 2)
+    p /= p[keep].sum()
     return a / (a + p)
 
 
@@ -309,7 +312,7 @@ class StaticDistiller:
         else:
             mean, basis = pca_basis(vectors[keep], dims, center=True)
             table = (vectors - mean) @ basis.T
-            weights = zipf_weights(n, cfg.sif_coefficient) if cfg.sif_coefficient else np.ones(n)
+            weights = zipf_weights(keep, cfg.sif_coefficient) if cfg.sif_coefficient else np.ones(n)
         table = (table * weights[:, None]).astype(np.float32)
         table[~keep] = 0.0
         if self.train_texts and cfg.fit_epochs > 0:
