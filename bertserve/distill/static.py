@@ -47,6 +47,9 @@ class StaticDistillConfig:
     corpus_tokens_only: bool = False         # only tokens the corpus uses go through the teacher (others: zero rows)
     fit_epochs: float = 6.0                  # passes over the corpus in the fitting stage (0: none)
     fit_lr: float = 3e-3
+    fit_anchor: float = 0.1                  # decay of the fitted residual toward the stage-one rows (0: free rows)
+    projection: str = "tokens"               # "tokens": PCA of the token vectors (model2vec's); "sentences": the
+                                             # top directions of the corpus's teacher vectors (needs a corpus)
     fit_batch_size: int = 64
     heldout: int = 500                       # corpus texts kept out of the fit: early stopping and the report
     max_texts: int | None = None
@@ -63,6 +66,12 @@ class StaticDistillConfig:
             raise BadInput(f"dims must be an int >= 2 or None, got {self.dims!r}")
         if self.sif_coefficient is not None and not 0 < self.sif_coefficient < 1:
             raise BadInput(f"sif_coefficient must be in (0, 1), got {self.sif_coefficient}")
+        if self.projection not in ("tokens", "sentences"):
+            raise BadInput(f"projection must be 'tokens' or 'sentences', got {self.projection!r}")
+        if self.projection == "sentences" and not self.corpus:
+            raise BadInput("projection 'sentences' needs a corpus")
+        if self.fit_anchor < 0:
+            raise BadInput(f"fit_anchor must be >= 0, got {self.fit_anchor}")
         if self.fit_epochs < 0 or self.fit_lr <= 0 or self.fit_batch_size < 1:
             raise BadInput("fit_epochs must be >= 0, fit_lr > 0 and fit_batch_size >= 1")
         self.corpus = tuple(str(c) for c in self.corpus)
@@ -198,8 +207,16 @@ def fit_table(table: np.ndarray, ids: list[list[int]], targets: np.ndarray, held
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    bag = torch.nn.EmbeddingBag.from_pretrained(torch.from_numpy(table.copy()), freeze=False, mode="mean")
-    opt = torch.optim.Adam(bag.parameters(), lr=config.fit_lr)
+    # The rows are the stage-one table plus a residual that AdamW's decoupled decay pulls back toward zero: the
+    # fit moves rows only as far as sentences need, so what the table knew about single words (WordSim353)
+    # and about documents as bags of words (Lee50) is kept rather than overwritten.
+    anchor = torch.from_numpy(table.copy())
+    residual = torch.zeros_like(anchor, requires_grad=True)
+    opt = torch.optim.AdamW([residual], lr=config.fit_lr, weight_decay=config.fit_anchor)
+
+    def bag(flat, offsets):
+        return torch.nn.functional.embedding_bag(flat, anchor + residual, offsets, mode="mean")
+
     y = torch.nn.functional.normalize(torch.from_numpy(targets), dim=-1)
     y_held = torch.nn.functional.normalize(torch.from_numpy(held_targets), dim=-1)
     usable = [i for i, r in enumerate(ids) if r]
@@ -248,7 +265,7 @@ def fit_table(table: np.ndarray, ids: list[list[int]], targets: np.ndarray, held
             losses = []
             log(f"fit epoch {epoch:.2f}: train loss {history.train_loss[-1]:.4f}  held-out cosine {cos:.4f}")
             if not cos <= best:  # a NaN (no held-out text) keeps the latest table
-                best, best_table, history.best_epoch = cos, bag.weight.detach().numpy().copy(), epoch
+                best, best_table, history.best_epoch = cos, (anchor + residual).detach().numpy(), epoch
     history.seconds = time.perf_counter() - start
     return best_table, history
 
@@ -298,23 +315,30 @@ class StaticDistiller:
         self.timing["token_vectors_s"] = round(time.perf_counter() - start, 1)
         dims = min(cfg.dims or vectors.shape[1], vectors.shape[1])
         n = len(vectors)
+        ids = held_ids = sentence = None
         if self.train_texts:
             t0 = time.perf_counter()
             sentence = teacher_vectors(self.teacher, self.train_texts + self.heldout, cfg)
             self.timing["teacher_corpus_s"] = round(time.perf_counter() - t0, 1)
             sentence = sentence / np.linalg.norm(sentence, axis=1, keepdims=True).clip(1e-12)
-            _, basis = pca_basis(sentence[: len(self.train_texts)], dims, center=False)
-            table = vectors @ basis.T
-            targets = sentence @ basis.T
             ids = _ids_of(self.tokenizer, self.train_texts, self.unk_id, cfg.max_seq_len)
             held_ids = _ids_of(self.tokenizer, self.heldout, self.unk_id, cfg.max_seq_len)
-            weights = corpus_weights(ids, n, cfg.sif_coefficient) if cfg.sif_coefficient else np.ones(n)
+        if cfg.projection == "sentences":  # uncentred, so the cosines between sentences are kept best
+            mean, basis = np.zeros(vectors.shape[1], np.float32), pca_basis(sentence[: len(self.train_texts)], dims,
+                                                                            center=False)[1]
         else:
             mean, basis = pca_basis(vectors[keep], dims, center=True)
-            table = (vectors - mean) @ basis.T
-            weights = zipf_weights(keep, cfg.sif_coefficient) if cfg.sif_coefficient else np.ones(n)
+        table = (vectors - mean) @ basis.T
+        if not cfg.sif_coefficient:
+            weights = np.ones(n)
+        elif ids is not None and not self.own_vocab:  # a new vocabulary need not be sorted by frequency: count
+            weights = corpus_weights(ids, n, cfg.sif_coefficient)
+        else:
+            weights = zipf_weights(keep, cfg.sif_coefficient)
         table = (table * weights[:, None]).astype(np.float32)
         table[~keep] = 0.0
+        if self.train_texts:
+            targets = sentence @ basis.T  # the teacher's vectors in the table's coordinates
         if self.train_texts and cfg.fit_epochs > 0:
             table = table / np.linalg.norm(table[keep], axis=1).mean()  # unit mean row length: one lr fits all
             self.heldout_targets = sentence[len(self.train_texts):]
