@@ -165,6 +165,30 @@ def test_fitting_stage_raises_heldout_agreement_and_keeps_the_best_epoch(fitted)
     assert h.best_epoch == h.epochs[int(np.argmax(h.heldout_cosine))]
 
 
+def test_anchor_keeps_fitted_rows_near_the_stage_one_table(tmp_path, tiny_teacher, corpus_file):
+    """The fit moves a residual that AdamW decays toward the stage-one table: a strong anchor keeps the rows
+    nearer to it than free rows, and both still raise the held-out cosine."""
+    def table(**kw):
+        config = StaticDistillConfig(out=str(tmp_path / "a"), teacher=str(tiny_teacher.checkpoint.path), dims=16,
+                                     corpus=(str(corpus_file),), heldout=100, fit_lr=1e-2, seed=1,
+                                     cache_dir=str(tmp_path / "cache"), **kw)
+        distiller = StaticDistiller(config, teacher_encoder=tiny_teacher)
+        return distiller.run(log=lambda s: None), distiller.history
+
+    start, _ = table(fit_epochs=0)
+    start = start / np.linalg.norm(start[start.any(axis=1)], axis=1).mean()  # the fit's unit mean row length
+    moved = {}
+    for anchor in (0.0, 50.0):
+        fitted, history = table(fit_epochs=2, fit_anchor=anchor)
+        assert max(history.heldout_cosine) > history.heldout_cosine[0]
+        moved[anchor] = np.linalg.norm(fitted - start)
+    assert moved[50.0] < 0.8 * moved[0.0]
+    with pytest.raises(BadInput):
+        StaticDistillConfig(out="x", fit_anchor=-1)
+    with pytest.raises(BadInput):
+        StaticDistillConfig(out="x", projection="sentences")  # needs a corpus
+
+
 def test_real_default_teacher_with_a_small_vocabulary(tmp_path, english_vocab, corpus_file, sentences):
     """all-MiniLM-L6-v2 as the teacher over a 1,500-word vocabulary: the student ranks held-out sentences'
     neighbours much like the teacher does, far above a random table of the same shape."""

@@ -45,7 +45,7 @@ class StaticDistillConfig:
     sif_coefficient: float | None = 1e-4     # None: no frequency weighting
     teacher_prefix: str = ""                 # prepended for the teacher only (e5: "query: ")
     corpus_tokens_only: bool = False         # only tokens the corpus uses go through the teacher (others: zero rows)
-    fit_epochs: float = 6.0                  # passes over the corpus in the fitting stage (0: none)
+    fit_epochs: float = 2.0                  # passes over the corpus in the fitting stage (0: none)
     fit_lr: float = 3e-3
     fit_anchor: float = 0.1                  # decay of the fitted residual toward the stage-one rows (0: free rows)
     projection: str = "tokens"               # "tokens": PCA of the token vectors (model2vec's); "sentences": the

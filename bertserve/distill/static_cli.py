@@ -25,7 +25,7 @@ def add_static_arguments(parser: argparse.ArgumentParser) -> None:
     add("--corpus-tokens-only", action="store_true",
         help="pass only the tokens the corpus uses through the teacher (a large vocabulary, a slow teacher)")
     add("--sif-coefficient", type=float, default=1e-4, help="a in a / (a + p(token)); 0 turns weighting off")
-    add("--fit-epochs", type=float, default=6.0, help="passes over the corpus when fitting (0: no fitting)")
+    add("--fit-epochs", type=float, default=2.0, help="passes over the corpus when fitting (0: no fitting)")
     add("--fit-lr", type=float, default=3e-3)
     add("--fit-anchor", type=float, default=None,
         help="decay pulling the fitted rows back toward the stage-one rows (default 0.1; 0: free rows)")
