@@ -240,7 +240,7 @@ def fit_table(table: np.ndarray, ids: list[list[int]], targets: np.ndarray, held
     history.train_loss.append(float("nan"))
     rng = random.Random(config.seed)
     steps_per_epoch = max(1, len(usable) // config.fit_batch_size)
-    total = int(round(config.fit_epochs * steps_per_epoch))
+    total = round(config.fit_epochs * steps_per_epoch)
     start = time.perf_counter()
     order: list[int] = []
     losses = []
