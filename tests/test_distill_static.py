@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import collections
 import re
-import shutil
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from conftest import save_tiny_bert
+from serve_corpus import lee_sentences
 
 from bertserve import Encoder
 from bertserve.distill.static import StaticDistillConfig, StaticDistiller, save_static
@@ -17,8 +19,6 @@ from bertserve.encode import EncoderConfig
 from bertserve.encode.static import StaticEncoder
 from bertserve.errors import BadInput
 from bertserve.models import CheckpointError, load_checkpoint
-from conftest import save_tiny_bert
-from serve_corpus import lee_sentences
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -29,7 +29,7 @@ def sentences() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def english_vocab(tmp_path_factory, sentences) -> "Path":
+def english_vocab(tmp_path_factory, sentences) -> Path:
     """A real WordPiece vocab.txt: the 1,500 commonest lower-cased words of the Lee corpus, letters and '##' letters."""
     words = collections.Counter(w for s in sentences for w in re.findall(r"[a-z]+|[^\sa-z0-9]", s.lower()))
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
@@ -79,6 +79,12 @@ def test_folder_loads_with_equal_vectors_in_model2vec_sentence_transformers_and_
     assert isinstance(ours, StaticEncoder) and ours.dim == 16 and ours.config.normalize is False
     theirs = StaticModel.from_pretrained(folder)
     np.testing.assert_allclose(ours.encode(TEXTS), theirs.encode(TEXTS), atol=1e-6)
+    # past max_length both truncate the same way (unknown words inside the kept part included)
+    short = Encoder(folder, max_seq_len=8)
+    texts = [" ".join(TEXTS * 3), "zyzzyva " * 3 + TEXTS[0]]
+    np.testing.assert_allclose(short.encode(texts), theirs.encode(texts, max_length=8), atol=1e-6)
+    # the engine path (tokenize, then embed: what the batcher calls) gives the fast path's vectors
+    np.testing.assert_allclose(ours.embed(ours.tokenize(TEXTS)), ours.encode(TEXTS), atol=1e-7)
     assert not ours.encode([""]).any()  # an empty text is a zero vector in both
     st = SentenceTransformer(str(folder), device="cpu")
     assert isinstance(st[0], StaticEmbedding)
@@ -121,8 +127,10 @@ def test_table_rows_are_the_teachers_own_token_vectors(tmp_path, tiny_teacher):
 def test_zipf_weights_follow_rank_and_corpus_weights_follow_counts():
     from bertserve.distill.static import corpus_weights, zipf_weights
 
-    w = zipf_weights(100, 1e-3)
+    w = zipf_weights(np.ones(100, dtype=bool), 1e-3)
     assert np.all(np.diff(w) > 0) and w[-1] < 1  # rarer (later) tokens weigh more
+    keep = np.arange(110) >= 10  # ten placeholders in front: ranks start at the first real token
+    np.testing.assert_allclose(zipf_weights(keep, 1e-3)[keep], w)
     c = corpus_weights([[1, 1, 1, 2]], 4, 1e-1)
     assert c[1] < c[2] < c[0] == c[3]  # seen three times < once < never
 
@@ -155,6 +163,30 @@ def test_fitting_stage_raises_heldout_agreement_and_keeps_the_best_epoch(fitted)
     assert len(h.heldout_cosine) == 4 and h.epochs[0] == 0.0
     assert max(h.heldout_cosine) > h.heldout_cosine[0] + 0.01
     assert h.best_epoch == h.epochs[int(np.argmax(h.heldout_cosine))]
+
+
+def test_anchor_keeps_fitted_rows_near_the_stage_one_table(tmp_path, tiny_teacher, corpus_file):
+    """The fit moves a residual that AdamW decays toward the stage-one table: a strong anchor keeps the rows
+    nearer to it than free rows, and both still raise the held-out cosine."""
+    def table(**kw):
+        config = StaticDistillConfig(out=str(tmp_path / "a"), teacher=str(tiny_teacher.checkpoint.path), dims=16,
+                                     corpus=(str(corpus_file),), heldout=100, fit_lr=1e-2, seed=1,
+                                     cache_dir=str(tmp_path / "cache"), **kw)
+        distiller = StaticDistiller(config, teacher_encoder=tiny_teacher)
+        return distiller.run(log=lambda s: None), distiller.history
+
+    start, _ = table(fit_epochs=0)
+    start = start / np.linalg.norm(start[start.any(axis=1)], axis=1).mean()  # the fit's unit mean row length
+    moved = {}
+    for anchor in (0.0, 50.0):
+        fitted, history = table(fit_epochs=2, fit_anchor=anchor)
+        assert max(history.heldout_cosine) > history.heldout_cosine[0]
+        moved[anchor] = np.linalg.norm(fitted - start)
+    assert moved[50.0] < 0.8 * moved[0.0]
+    with pytest.raises(BadInput):
+        StaticDistillConfig(out="x", fit_anchor=-1)
+    with pytest.raises(BadInput):
+        StaticDistillConfig(out="x", projection="sentences")  # needs a corpus
 
 
 def test_real_default_teacher_with_a_small_vocabulary(tmp_path, english_vocab, corpus_file, sentences):

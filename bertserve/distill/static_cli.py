@@ -25,8 +25,12 @@ def add_static_arguments(parser: argparse.ArgumentParser) -> None:
     add("--corpus-tokens-only", action="store_true",
         help="pass only the tokens the corpus uses through the teacher (a large vocabulary, a slow teacher)")
     add("--sif-coefficient", type=float, default=1e-4, help="a in a / (a + p(token)); 0 turns weighting off")
-    add("--fit-epochs", type=float, default=6.0, help="passes over the corpus when fitting (0: no fitting)")
+    add("--fit-epochs", type=float, default=2.0, help="passes over the corpus when fitting (0: no fitting)")
     add("--fit-lr", type=float, default=3e-3)
+    add("--fit-anchor", type=float, default=None,
+        help="decay pulling the fitted rows back toward the stage-one rows (default 0.1; 0: free rows)")
+    add("--projection", choices=("tokens", "sentences"), default=None,
+        help="tokens: PCA of the token vectors (model2vec's, default); sentences: the corpus's top directions")
     add("--teacher-prefix", default=None, help="text prepended for the teacher only (e5 models: 'query: ')")
     add("--heldout", type=int, default=None, help="corpus texts held out for early stopping and the report (500)")
     add("--max-texts", type=int, default=None)
@@ -46,7 +50,7 @@ def config_from_args(args: argparse.Namespace):
               "dims": args.dims or None, "sif_coefficient": args.sif_coefficient or None,
               "fit_epochs": args.fit_epochs, "fit_lr": args.fit_lr,
               "corpus_tokens_only": bool(getattr(args, "corpus_tokens_only", False))}
-    for name in ("teacher_prefix", "heldout", "max_texts", "max_seq_len", "threads", "seed", "cache_dir"):
+    for name in ("fit_anchor", "projection", "teacher_prefix", "heldout", "max_texts", "max_seq_len", "threads", "seed", "cache_dir"):
         if getattr(args, name, None) is not None:
             values[name] = getattr(args, name)
     return StaticDistillConfig(**values)

@@ -8,13 +8,14 @@ tokens, the unknown token removed, an empty text giving a zero vector.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 
 import numpy as np
 
 from bertserve.encode.config import EncoderConfig
-from bertserve.encode.pooling import canonical_pooling
 from bertserve.encode.encoder import Encoder, Variant, config_of
+from bertserve.encode.pooling import canonical_pooling
 from bertserve.errors import BadInput
 from bertserve.models.static_table import StaticCheckpoint, StaticTable
 from bertserve.models.tokenizer import TextTokenizer, Tokenized
@@ -27,7 +28,9 @@ class StaticBackend:
 
 
 class StaticTokenizer:
-    """Texts -> `Tokenized` items of content ids (no special tokens, no unknown token), as model2vec tokenizes."""
+    """Texts -> content ids (no special tokens, no unknown token), as model2vec tokenizes: `ids` gives them flat
+    for the whole batch (the fast path of `StaticEncoder.encode`), calling it gives `Tokenized` items (the
+    engine contract's form)."""
 
     def __init__(self, table: StaticTable, max_len: int | None):
         self.backend = table.tokenizer
@@ -40,26 +43,33 @@ class StaticTokenizer:
         self.pad_id = 0
         tokens = sorted(vocab, key=vocab.get)
         self._char_limit = None
-        if max_len is not None:  # model2vec cuts the text first, at max_len x the median token length
-            self._char_limit = max_len * int(np.median([len(t) for t in tokens]))
+        if max_len is not None:  # model2vec cuts the text first, at max_len x the median token length, then
+            self._char_limit = max_len * int(np.median([len(t) for t in tokens]))  # its tokenizer truncates
+            self.backend.enable_truncation(max_len)
 
-    def __call__(self, texts, is_tokenized: bool = False) -> list[Tokenized]:
+    def ids(self, texts, is_tokenized: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(flat int64 ids of all texts, tokens per text): truncated at max_len, then the unknown token dropped."""
         TextTokenizer._check_texts(texts, is_tokenized)
         if is_tokenized:
-            ids = [[self.backend.token_to_id(t) for t in toks] for toks in texts]
-            ids = [[i for i in row if i is not None] for row in ids]
+            rows = [[i for i in map(self.backend.token_to_id, toks) if i is not None][: self.max_len] for toks in texts]
         else:
             if self._char_limit is not None:
                 texts = [t[: self._char_limit] for t in texts]
-            ids = [e.ids for e in self.backend.encode_batch_fast(list(texts), add_special_tokens=False)]
-        out = []
-        for row in ids:
-            if self.unk_id is not None:
-                row = [i for i in row if i != self.unk_id]
-            if self.max_len is not None:
-                row = row[: self.max_len]
-            out.append(Tokenized([row], [[0] * len(row)], [len(row)]))
-        return out
+            rows = [e.ids for e in self.backend.encode_batch_fast(list(texts), add_special_tokens=False)]
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
+        if self.unk_id is not None:
+            unknown = flat == self.unk_id
+            if unknown.any():
+                owner = np.repeat(np.arange(len(rows)), lengths)
+                lengths = lengths - np.bincount(owner[unknown], minlength=len(rows))
+                flat = flat[~unknown]
+        return flat, lengths
+
+    def __call__(self, texts, is_tokenized: bool = False) -> list[Tokenized]:
+        flat, lengths = self.ids(texts, is_tokenized)
+        return [Tokenized([row], [row], [len(row)])  # a table has no segments: type ids are never read
+                for row in (r.tolist() for r in np.split(flat, np.cumsum(lengths)[:-1]))] if len(lengths) else []
 
     def tokens(self, item: Tokenized) -> list[str]:
         return [self.backend.id_to_token(i) for w in item.windows for i in w]
@@ -113,17 +123,30 @@ class StaticEncoder(Encoder):
     def info(self) -> dict:
         return {**self.checkpoint.info(), "encoder": self.config.to_dict(), "dim": self.dim, "backend": BACKEND_NAME}
 
+    def encode(self, texts, *, is_tokenized: bool = False, show_tokens: bool = False, batch_size: int | None = None,
+               progress: bool = False, prompt: str | None = None, precision: str = "float32", **options):
+        """As `Encoder.encode`; without token lists to show, ids go straight from the tokenizer to the mean."""
+        if show_tokens or prompt is not None or options:
+            return super().encode(texts, is_tokenized=is_tokenized, show_tokens=show_tokens, prompt=prompt,
+                                  precision=precision, **options)
+        vectors = self.mean(*self.tokenizer.ids(texts, is_tokenized))
+        return vectors if precision == "float32" else self.quantize(vectors, precision)
+
     def embed(self, items: list[Tokenized], batch_size: int | None = None, progress: bool = False) -> np.ndarray:
-        """Mean of each item's token rows: one gather over all tokens, then sums between offsets."""
         rows = [item.windows[0] for item in items]
-        lengths = np.array([len(r) for r in rows], dtype=np.int64)
-        out = np.zeros((len(rows), self.dim), dtype=np.float32)
-        if lengths.sum():
-            flat = np.fromiter((i for r in rows for i in r), dtype=np.int64, count=int(lengths.sum()))
-            gathered = self.table.vectors[flat]
-            filled = lengths > 0
-            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])[filled]
-            out[filled] = np.add.reduceat(gathered, starts, axis=0) / lengths[filled, None]
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        return self.mean(np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum())),
+                         lengths)
+
+    def mean(self, flat: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Mean of each text's rows as one sparse (texts x vocabulary) product with the table: no gathered
+        (tokens x dim) copy, which costs more than the sums (a text without tokens gets a zero vector)."""
+        from scipy.sparse import csr_matrix
+
+        table = self.table.vectors
+        scale = np.repeat((1.0 / np.maximum(lengths, 1)).astype(table.dtype), lengths)
+        indptr = np.concatenate([[0], np.cumsum(lengths)])
+        out = np.asarray(csr_matrix((scale, flat, indptr), shape=(len(lengths), len(table))) @ table)
         if self.config.normalize:
-            out /= np.linalg.norm(out, axis=1, keepdims=True) + 1e-32
+            out /= np.sqrt(np.einsum("ij,ij->i", out, out))[:, None] + 1e-32
         return out.astype(self.config.dtype, copy=False)
