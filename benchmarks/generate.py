@@ -10,7 +10,8 @@ so every contender produces the same number of tokens):
   request does), transformers on one left-padded batch of 8 (static batching: the best case, all requests
   known up front), and the Generator with 8 streams submitted at once (continuous batching).
 Reported: aggregate generated tokens/s (median and min over rounds), the ratio to transformers of the same
-round, and the Generator's time to first token (submit -> first token). Other processes' CPU seconds are
+round, and every contender's time to first token (request arrival -> first new token; transformers' noted
+by a streamer). Other processes' CPU seconds are
 recorded per round: on a shared machine a disturbed round shows itself there.
 """
 from __future__ import annotations
@@ -49,18 +50,41 @@ def prompts_for(tokenizer, count: int) -> list[str]:
     return [" ".join(s.split()[:6 + i % 4]) for i, s in enumerate(english_sentences()[:count])]
 
 
+class FirstToken:
+    """A transformers streamer that notes when `generate` hands out its first new token (its first `put`
+    is the prompt)."""
+
+    def __init__(self):
+        self.puts, self.at = 0, None
+
+    def put(self, value):
+        self.puts += 1
+        if self.puts == 2:
+            self.at = time.perf_counter()
+
+    def end(self):
+        pass
+
+
 class HFOneByOne:
-    def __init__(self, model, tok, n):
-        self.model, self.tok, self.n = model, tok, n
+    """`together`: the requests all arrive at the start (8 concurrent streams served one after another), so
+    a request's time to first token includes the requests before it."""
+
+    def __init__(self, model, tok, n, together=False):
+        self.model, self.tok, self.n, self.together = model, tok, n, together
 
     def run(self, prompts):
-        total = 0
+        total, ttft = 0, []
+        arrived = time.perf_counter()
         with torch.inference_mode():
             for p in prompts:
                 ids = self.tok(p, return_tensors="pt")["input_ids"]
-                out = self.model.generate(ids, max_new_tokens=self.n, min_new_tokens=self.n, do_sample=False)
+                first, start = FirstToken(), arrived if self.together else time.perf_counter()
+                out = self.model.generate(ids, max_new_tokens=self.n, min_new_tokens=self.n, do_sample=False,
+                                          streamer=first)
                 total += out.shape[1] - ids.shape[1]
-        return total, []
+                ttft.append(first.at - start)
+        return total, ttft
 
 
 class HFPaddedBatch(HFOneByOne):
@@ -68,11 +92,12 @@ class HFPaddedBatch(HFOneByOne):
         self.tok.padding_side = "left"
         if self.tok.pad_token_id is None:
             self.tok.pad_token = self.tok.eos_token
+        first, start = FirstToken(), time.perf_counter()
         batch = self.tok(prompts, return_tensors="pt", padding=True)
         with torch.inference_mode():
             out = self.model.generate(**batch, max_new_tokens=self.n, min_new_tokens=self.n, do_sample=False,
-                                      pad_token_id=self.tok.pad_token_id)
-        return (out.shape[1] - batch["input_ids"].shape[1]) * len(prompts), []
+                                      pad_token_id=self.tok.pad_token_id, streamer=first)
+        return (out.shape[1] - batch["input_ids"].shape[1]) * len(prompts), [first.at - start] * len(prompts)
 
 
 class BertserveStreams:
@@ -115,7 +140,7 @@ def main(argv=None) -> int:
         "1 stream: transformers generate": (HFOneByOne(model, tok, args.new_tokens), one),
         "1 stream: bertserve Generator": (BertserveStreams(gen, args.new_tokens, False), one),
         f"{args.streams} streams: transformers generate, one request after another":
-            (HFOneByOne(model, tok, args.new_tokens), prompts),
+            (HFOneByOne(model, tok, args.new_tokens, together=True), prompts),
         f"{args.streams} streams: transformers generate, one padded batch (static)":
             (HFPaddedBatch(model, tok, args.new_tokens), prompts),
         f"{args.streams} streams: bertserve Generator, continuous batching":

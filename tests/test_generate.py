@@ -145,6 +145,25 @@ def test_stop_strings_and_streaming_text_match_the_final_text(generator):
                                     ignore_eos=True)) == cut.text
 
 
+@pytest.mark.parametrize("vocab", ["chinese", "bpe:300"])
+def test_incremental_text_equals_decoding_the_whole_output(vocab):
+    from bertserve.tasks.generate.generator import IncrementalText
+    from bertserve.tasks.generate.models import make_detokenizer
+    from bertserve.tasks.generate.tokenizers import build_tokenizer
+
+    docs = read_corpus(peoples_daily_path(), max_lines=60)
+    tok = build_tokenizer(vocab, docs + ["Mixed English words, 1998 and ＧＤＰ！"])
+    detokenize = make_detokenizer(tok)
+    # byte-level BPE splits a Chinese character over tokens: the half characters must wait, not show
+    for text in docs[40:45] + ["Mixed English words, 1998 and ＧＤＰ！ 中国"]:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        inc, shown = IncrementalText(detokenize), []
+        for n in range(1, len(ids) + 1):
+            shown.append(inc.push(ids[:n]))
+            assert "\ufffd" not in shown[-1] and shown[-1].startswith(shown[-2] if n > 1 else "")
+        assert shown[-1] == detokenize(ids)
+
+
 @pytest.mark.parametrize("options, match", [
     (dict(max_new_tokens=49), "cap of 48"), (dict(temperature=-0.5), "temperature"), (dict(top_p=0), "top_p"),
     (dict(max_new_tokens=0), "max_new_tokens"), (dict(seed="x"), "seed")])

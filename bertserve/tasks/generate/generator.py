@@ -13,8 +13,12 @@ The running streams' caches live in one tensor per layer, (streams, heads, capac
 filled up to its own length. A decoding step hands the model the first max(length) positions as a
 DynamicCache, with an attention mask over each row's real positions and per-row position ids, so streams of
 different lengths share one forward pass; the model's cache update writes the new keys/values in place at
-position max(length) (no copy of the cache per step), and shorter rows' are moved to their own length. For one stream this is exactly transformers' own cached decoding,
-which is why greedy output equals `model.generate(do_sample=False)` token for token.
+each row's own length in place (no copy of the cache per step; a row's stale positions between its length and
+max(length) are masked). For one stream this is exactly transformers' own cached decoding, which is why greedy
+output equals `model.generate(do_sample=False)` token for token.
+
+Per-token Python work is kept off the full output: text is detokenized incrementally (a window of the last
+few tokens, see IncrementalText), and greedy rows take one batched argmax per step.
 """
 from __future__ import annotations
 
@@ -93,6 +97,7 @@ class Stream:
         self.length = 0            # positions in this stream's cache
         self.gen: torch.Generator | None = None
         self.seen: torch.Tensor | None = None
+        self.text: IncrementalText | None = None
 
     def cancel(self):
         self.cancelled = True
@@ -330,6 +335,7 @@ class Generator:
         stream.length = ids.shape[1]
         stream.gen = stream.params.torch_generator()
         stream.seen = torch.tensor(stream.prompt_ids)
+        stream.text = IncrementalText(self.detokenize)
         self._append_rows(cache)
         self._running.append(stream)
         self._accept(stream, out.logits[0, -1].float())
@@ -358,31 +364,29 @@ class Generator:
         lengths = torch.tensor([s.length for s in running])
         longest = int(lengths.max())
         self._grow(_round_up(longest + 1))
-        cache = _slot_cache(self._keys, self._values, longest)
-        mask = torch.arange(longest + 1)[None, :] < lengths[:, None]
-        mask[:, longest] = True
+        # each row's new keys/values go to its own length (rows all as long as the longest: a plain slice)
+        at = None if bool((lengths == longest).all()) else lengths
+        cache = _slot_cache(self._keys, self._values, longest, at)
+        mask = torch.arange(longest + 1)[None, :] <= lengths[:, None]
         tokens = torch.tensor([[s.output[-1]] for s in running])
         out = self.model(input_ids=tokens, attention_mask=mask.long(), position_ids=lengths[:, None],
                          use_cache=True, **{self._cache_arg: cache})
-        # the model wrote every row's new keys/values at position `longest`; shorter rows want them at their
-        # own length (position `longest` of those rows is masked until they grow into it)
-        shorter = torch.nonzero(lengths < longest).flatten()
-        if shorter.numel():
-            at = lengths[shorter]
-            for K, V in zip(self._keys, self._values):
-                K[shorter, :, at] = K[shorter, :, longest]
-                V[shorter, :, at] = V[shorter, :, longest]
         logits = out.logits[:, -1].float()
+        picks = logits.argmax(-1).tolist()   # one batched argmax serves every greedy row
         for i, s in enumerate(running):
             s.length += 1
-            self._accept(s, logits[i])
+            self._accept(s, logits[i], picks[i])
 
-    def _accept(self, stream: Stream, logits: torch.Tensor):
-        """Choose the stream's next token, tell its listener the new text, and mark it finished if it is."""
+    def _accept(self, stream: Stream, logits: torch.Tensor, argmax: int | None = None):
+        """Choose the stream's next token, tell its listener the new text, and mark it finished if it is.
+        `argmax`: the row's argmax when already computed (greedy without a repetition penalty takes it)."""
         if stream.cancelled:
             return
         p = stream.params
-        token = next_token(logits, stream.seen, p, stream.gen)
+        if argmax is not None and p.greedy and p.repetition_penalty == 1.0:
+            token = argmax
+        else:
+            token = next_token(logits, stream.seen, p, stream.gen)
         if p.repetition_penalty != 1.0:
             stream.seen = torch.cat([stream.seen, torch.tensor([token])])
         reason = None
@@ -392,7 +396,8 @@ class Generator:
             stream.output.append(token)
             if len(stream.output) >= p.max_new_tokens or stream.length + 1 >= self.context:
                 reason = "length"
-        text = self.detokenize(stream.output)
+        # the last text is decoded whole once (a held-back half character is shown as decoded)
+        text = self.detokenize(stream.output) if reason else stream.text.push(stream.output)
         if p.stop:
             hits = [i for i in (text.find(s) for s in p.stop) if i >= 0]
             if hits:
@@ -437,38 +442,68 @@ class Generator:
         stream._tell(Event("error", error=error))
 
 
+class IncrementalText:
+    """The text of a growing token list, decoding only a window of its last tokens per step: the text of
+    window + new tokens, less the window's own text, is what the new tokens add (the window carries the
+    context a tokenizer's spacing rules look at). A delta ending in a half character (U+FFFD, byte-level
+    vocabularies) waits for the next token."""
+
+    def __init__(self, detokenize: Callable[[list[int]], str]):
+        self.detokenize = detokenize
+        self.text = ""
+        self.start = 0   # the window: tokens [start, read) are already in self.text
+        self.read = 0
+
+    def push(self, ids: list[int]) -> str:
+        if len(ids) == self.read:
+            return self.text
+        window = self.detokenize(ids[self.start: self.read]) if self.read > self.start else ""
+        longer = self.detokenize(ids[self.start:])
+        if longer.endswith("\ufffd") or not longer.startswith(window):
+            return self.text
+        self.text += longer[len(window):]
+        self.start, self.read = self.read, len(ids)
+        return self.text
+
+
 @functools.lru_cache(maxsize=1)
 def _in_place_layer():
     from transformers.cache_utils import DynamicLayer
 
     class InPlaceLayer(DynamicLayer):
         """Positions [0, length) of preallocated (rows, heads, capacity, dim) tensors; `update` writes the
-        step's new keys/values at `length` in place instead of concatenating a copy of the whole cache."""
+        step's new keys/values in place (at `length`, or at each row's own position `at`) instead of
+        concatenating a copy of the whole cache."""
 
-        def __init__(self, k, v, length):
+        def __init__(self, k, v, length, at=None):
             super().__init__()
-            self.buffer_k, self.buffer_v, self.length = k, v, length
+            self.buffer_k, self.buffer_v, self.length, self.at = k, v, length, at
             self.keys, self.values = k[:, :, :length], v[:, :, :length]
             self.device, self.is_initialized = k.device, True
 
         def update(self, key_states, value_states, *args, **kwargs):
             n = self.length + key_states.shape[-2]
-            self.buffer_k[:, :, self.length:n] = key_states
-            self.buffer_v[:, :, self.length:n] = value_states
+            if self.at is None:
+                self.buffer_k[:, :, self.length:n] = key_states
+                self.buffer_v[:, :, self.length:n] = value_states
+            else:   # one new position per row (a decoding step)
+                rows = torch.arange(len(self.at))
+                self.buffer_k[rows, :, self.at] = key_states[:, :, 0]
+                self.buffer_v[rows, :, self.at] = value_states[:, :, 0]
             self.keys, self.values = self.buffer_k[:, :, :n], self.buffer_v[:, :, :n]
             return self.keys, self.values
 
     return InPlaceLayer
 
 
-def _slot_cache(keys: list[torch.Tensor], values: list[torch.Tensor], length: int):
+def _slot_cache(keys: list[torch.Tensor], values: list[torch.Tensor], length: int, at=None):
     """A DynamicCache over the first `length` positions of the running streams' cache tensors (which have
-    room for one more position: see _grow)."""
+    room for one more position: see _grow); `at`: each row's position for the step's new keys/values."""
     from transformers import DynamicCache
 
     layer = _in_place_layer()
     cache = DynamicCache()
-    cache.layers = [layer(k, v, length) for k, v in zip(keys, values)]
+    cache.layers = [layer(k, v, length, at) for k, v in zip(keys, values)]
     return cache
 
 

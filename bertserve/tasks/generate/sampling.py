@@ -71,13 +71,17 @@ def next_token(logits: torch.Tensor, seen: torch.Tensor, params: SamplingParams,
     if params.greedy:
         return int(logits.argmax())
     logits = logits / params.temperature
+    # the candidates, most likely first: top-k of them (no pass over the whole vocabulary after that), or
+    # the whole vocabulary sorted when only top-p is on
+    index = None
     if params.top_k and params.top_k < logits.numel():
-        kth = torch.topk(logits, params.top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        logits, index = torch.topk(logits, params.top_k)
     if params.top_p < 1.0:
-        ordered, order = torch.sort(logits, descending=True)
-        probs = ordered.softmax(-1)
+        if index is None:
+            logits, index = torch.sort(logits, descending=True)
+        probs = logits.softmax(-1)
         # drop a token once the more likely ones already cover top_p; the most likely always stays
-        drop = (probs.cumsum(-1) - probs) > params.top_p
-        logits = logits.scatter(0, order[drop], float("-inf"))
-    return int(torch.multinomial(logits.softmax(-1), 1, generator=gen))
+        keep = int(((probs.cumsum(-1) - probs) <= params.top_p).sum())
+        logits, index = logits[:keep], index[:keep]
+    pick = int(torch.multinomial(logits.softmax(-1), 1, generator=gen))
+    return pick if index is None else int(index[pick])
