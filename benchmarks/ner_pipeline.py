@@ -2,7 +2,7 @@
 benchmark with the jieba and crfsuite peers. Each step is skipped when its output folder is complete, so an
 interrupted run continues where it stopped.
 
-    python benchmarks/ner_pipeline.py --size full      # every training line, 3 epochs, 128 tokens (1-1.5 h of
+    python benchmarks/ner_pipeline.py --size full      # every training line, 3 epochs, 128 tokens (1-2 h of
                                                        # teacher alone on 2 quiet cores, estimated)
     python benchmarks/ner_pipeline.py --size medium    # 4,000 lines, 2 epochs, 128 tokens (teacher ~15-20 min)
     python benchmarks/ner_pipeline.py --size reduced   # 1,500 lines, 1 epoch, 64 tokens (a smoke run)
