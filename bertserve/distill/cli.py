@@ -34,6 +34,8 @@ def _add_training_arguments(p) -> None:
     g.add_argument("--epochs", type=float, default=None)
     g.add_argument("--batch-size", type=int, default=None, help="default 32")
     g.add_argument("--lr", type=float, default=None, help="peak learning rate (finetune 5e-5, distill 1e-4)")
+    g.add_argument("--head-lr", type=float, default=None,
+                   help="peak learning rate of the new output head (default: --lr; finetune --task ner: 3e-3 or --lr if larger)")
     g.add_argument("--warmup", type=float, default=None, help="fraction of steps for linear warm-up (default 0.1)")
     g.add_argument("--weight-decay", type=float, default=None, help="default 0.01")
     g.add_argument("--patience", type=int, default=None,
@@ -47,7 +49,7 @@ def _add_training_arguments(p) -> None:
 
 
 def _training_config(args, **defaults) -> TrainConfig:
-    given = {name: getattr(args, name) for name in ("max_seq_len", "epochs", "batch_size", "lr", "warmup",
+    given = {name: getattr(args, name) for name in ("max_seq_len", "epochs", "batch_size", "lr", "head_lr", "warmup",
                                                     "weight_decay", "patience", "metric", "seed", "threads")}
     values = {**defaults, **{k: v for k, v in given.items() if v is not None}}
     if "epochs" in values:

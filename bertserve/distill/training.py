@@ -35,6 +35,7 @@ class TrainConfig:
     threads: int | None = None
     progress: bool = True
     freeze_embeddings: bool = False  # keep the word-embedding table fixed (a 250k-token table dominates the step time)
+    head_lr: float | None = None     # peak learning rate of the new output head (HF's `classifier.*`); None = lr
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.max_seq_len < 2:
@@ -42,8 +43,8 @@ class TrainConfig:
                              f"(got {self.epochs}, {self.batch_size}, {self.max_seq_len})")
         if not 0.0 <= self.warmup < 1.0:
             raise BadInput(f"warmup is a fraction of the training steps in [0, 1), got {self.warmup}")
-        if not self.lr > 0:
-            raise BadInput(f"learning rate must be > 0, got {self.lr}")
+        if not self.lr > 0 or (self.head_lr is not None and not self.head_lr > 0):
+            raise BadInput(f"learning rates must be > 0, got {self.lr} (head {self.head_lr})")
         if self.metric not in DEV_METRICS:
             raise BadInput(f"metric must be one of {DEV_METRICS}, got {self.metric!r}")
 
@@ -100,14 +101,18 @@ def evaluate(model: nn.Module, data: Tokenized, pad_id: int, label_names: list[s
 
 
 def make_optimizer(modules: list[nn.Module], config: TrainConfig, total_steps: int):
-    """AdamW without weight decay on biases and normalisation weights; linear warm-up then linear decay to 0."""
-    decay, no_decay = [], []
+    """AdamW without weight decay on biases and normalisation weights, the output head at `head_lr` when set
+    (a randomly initialised head next to a pre-trained body learns slowly at the body's rate: see docs/ner.md);
+    linear warm-up then linear decay to 0."""
+    groups: dict[tuple[bool, bool], list] = {}
     for module in modules:
         for name, p in module.named_parameters():
             if p.requires_grad:
-                (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+                head = config.head_lr is not None and name.startswith("classifier.")
+                groups.setdefault((head, p.ndim < 2 or "norm" in name.lower()), []).append(p)
+    optimizer = torch.optim.AdamW([{"params": params, "weight_decay": 0.0 if no_decay else config.weight_decay,
+                                    "lr": config.head_lr if head else config.lr}
+                                   for (head, no_decay), params in groups.items()], lr=config.lr)
     warmup = int(config.warmup * total_steps)
 
     def factor(step: int) -> float:
