@@ -3,11 +3,13 @@
 timer the reports share: interleaved throughput rounds plus single-text latency, each round with its load."""
 from __future__ import annotations
 
+import functools
 import os
 import resource
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from bertserve.errors import BadInput
 
@@ -105,8 +107,26 @@ def measure_speed(models: dict, texts: list, rounds: int = 3, latency_texts: int
     return out
 
 
+# the vector units speed figures depend on; the CPU's name alone does not say (a VM may hide AMX)
+VECTOR_FEATURES = ("avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them (empty where there is no /proc)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
 def describe_machine() -> str:
-    """The CPU model, core count and memory, read off this machine (benchmark records name the machine they ran on)."""
+    """The CPU model, its vector features, core count and memory, read off this machine (benchmark records
+    name the machine they ran on)."""
     model = "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
@@ -115,7 +135,10 @@ def describe_machine() -> str:
             mem_gib = int(f.readline().split()[1]) / 2**20
     except OSError:
         return f"{model}, {os.cpu_count()} cores"
-    return f"{model}, {os.cpu_count()} cores, {mem_gib:.0f} GiB"
+    flags = cpu_flags()
+    features = " ".join(f for f in VECTOR_FEATURES if f in flags) or "no AVX-512"
+    amx = "" if "amx_bf16" in flags else ", no AMX"
+    return f"{model} ({features}{amx}), {os.cpu_count()} cores, {mem_gib:.0f} GiB"
 
 
 def run_record(size: str, overrides: dict, argv: list[str]) -> dict:

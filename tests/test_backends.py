@@ -275,3 +275,11 @@ def test_encoders_with_different_depths_in_one_process_stay_exact(tmp_path, chin
     want = torch.cat([states[1][0, 0], states[3][0, 0]]).numpy()
     np.testing.assert_allclose(full.encode(ZH[:1])[0], want, atol=1e-5)
     np.testing.assert_allclose(shallow.encode(ZH[:1])[0], states[2][0, 0].numpy(), atol=1e-5)
+
+
+def test_benchmark_records_name_the_cpu_features_read_off_the_machine():
+    from bertserve.machine_load import VECTOR_FEATURES, cpu_flags, describe_machine
+    described, flags = describe_machine(), cpu_flags()
+    for feature in VECTOR_FEATURES:  # each named exactly when /proc/cpuinfo lists it
+        assert (f" {feature}" in described or f"({feature}" in described) == (feature in flags)
+    assert ("no AMX" in described) == ("amx_bf16" not in flags)

@@ -9,28 +9,15 @@ dominated one-sentence calls. Vectors are the same to 1e-6 cosine either way (me
 from __future__ import annotations
 
 import copy
-import functools
 import weakref
-from pathlib import Path
 
 import torch
 
 from bertserve.encode.backends import BackendUnavailable
+from bertserve.machine_load import cpu_flags
 from bertserve.encode.backends.torch_backend import TorchBackend
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-@functools.lru_cache(maxsize=None)
-def cpu_flags() -> frozenset[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
 
 
 def native_bf16() -> bool:

@@ -28,7 +28,8 @@ from dataclasses import asdict
 import torch
 
 from bertserve.encode.backends import CONCRETE, export_cache, make_backend
-from bertserve.encode.backends.bf16 import cpu_flags, native_bf16
+from bertserve.encode.backends.bf16 import native_bf16
+from bertserve.machine_load import cpu_flags
 from bertserve.encode.backends.quality import QualityGate, measure_quality
 from bertserve.encode.backends.sample import english_sentences
 from bertserve.evaluation import SampleUnavailable
