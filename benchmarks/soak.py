@@ -211,7 +211,8 @@ def plot(summary: dict, path: Path):
     other.set_ylabel("other processes' CPU s", color="grey")
     axes[2].set_xlabel("minutes")
     fig.suptitle(f"soak: {summary['clients']} clients, {summary['requests']} requests, "
-                 f"{summary['errors']} errors (machine: {summary['cpus']} CPUs, shared)")
+                 f"{summary['errors']} errors\n{summary['date']}, {summary['cpus']} CPUs; other processes used "
+                 f"{summary['other_cpu_s_total']:.1f} CPU s in all")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 

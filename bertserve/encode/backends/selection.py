@@ -1,26 +1,29 @@
-"""`backend="auto"`: a latency backend for small batches, a throughput backend for bulk, by a fixed rule.
+"""`backend="auto"`: a latency backend for small batches, a throughput backend for bulk, each measured here.
 
-What a caller needs decides, not a timing: the server's small batches (one sentence, a few requests in a queue
-window) want the lowest fixed cost per call, bulk `encode` wants the most sentences per second. So `auto` is a
-router over two concrete backends, chosen per batch by its padded size (rows x length):
+What a caller needs decides: the server's small batches (one sentence, a few requests in a queue window) want
+the lowest fixed cost per call, bulk `encode` wants the most sentences per second. So `auto` is a router over two
+concrete backends, chosen per batch by its padded size (rows x length):
 
-  up to LATENCY_MAX_TOKENS   latency backend: onnx fp32 (exact; no per-call weight casts, one fused graph)
-  above                      throughput backend: bf16 where the CPU computes bfloat16 natively (avx512_bf16 or
-                             amx_bf16 in /proc/cpuinfo, detected, never assumed) and it passes the quality gate
-                             for this model; else onnx fp32
+  up to LATENCY_MAX_TOKENS   latency backend: the faster of torch fp32 and onnx fp32 on one sentence
+  above                      throughput backend: the fastest of torch fp32, onnx fp32 and, where the CPU computes
+                             bfloat16 natively (avx512_bf16 or amx_bf16 in /proc/cpuinfo, detected, never assumed)
+                             and it passes the quality gate for this model, bf16; an approximate backend must beat
+                             the best exact one by APPROXIMATE_MARGIN to be chosen
 
-No speed is measured at first use (a timing of a few seconds on a shared machine decides nothing), so nothing
-waits: the first Encoder serves at once on torch fp32 while a background thread exports the ONNX graph and checks
-bf16 against torch fp32 on `auto_sample` real sentences (quality only: cosine and neighbour overlap do not depend
-on the machine's load). The decision is cached per model content, exposed layers, pooler, gate, sample and CPU
-(settings.cache_dir), so later Encoders build the two chosen backends before their constructor returns. onnx-int8
-is never chosen: on all-MiniLM-L6-v2 it fails the gate (docs/encode.md), it stays the user's explicit trade.
+A CPU flag does not say what is fast: on one 2-core VM with avx512_bf16 (no AMX), bf16 ran at 0.6x torch fp32
+(docs/encode.md). So the candidates are timed, in interleaved rounds (median, other processes' CPU recorded), but
+nothing waits for it: the first Encoder serves at once on torch fp32 while a background thread exports the ONNX
+graph, checks bf16 against torch fp32 on `auto_sample` real sentences and times the candidates (a few seconds).
+The decision is cached per model content, exposed layers, pooler, gate, sample and CPU (settings.cache_dir), so
+later Encoders build the two chosen backends before their constructor returns. onnx-int8 is never chosen: on
+all-MiniLM-L6-v2 it fails the gate (docs/encode.md), it stays the user's explicit trade.
 """
 from __future__ import annotations
 
 import logging
 import os
 import platform
+import statistics
 import threading
 import time
 from dataclasses import asdict
@@ -29,7 +32,7 @@ import torch
 
 from bertserve.encode.backends import CONCRETE, export_cache, make_backend
 from bertserve.encode.backends.bf16 import native_bf16
-from bertserve.machine_load import cpu_flags
+from bertserve.machine_load import cpu_flags, measure_speed
 from bertserve.encode.backends.quality import QualityGate, measure_quality
 from bertserve.encode.backends.sample import english_sentences
 from bertserve.evaluation import SampleUnavailable
@@ -38,12 +41,17 @@ from bertserve.models.tokenizer import TextTokenizer
 log = logging.getLogger(__name__)
 
 SAMPLE_OFFSET = 400  # the first sentences calibrate nothing today, but stay clear of them for future recipes
-DECISION_FORMAT = 3  # 3: a latency/throughput pair by a fixed rule, bf16 checked for quality only
+DECISION_FORMAT = 4  # 4: a latency/throughput pair timed here, bf16 checked for quality first
 SAMPLE_MAX_LEN = 128  # token limit of the checked sentences (they are short: this cuts only outliers)
 BATCH = 32
 # A batch of at most this many padded tokens goes to the latency backend: one sentence (~10-30 tokens) or a
 # server queue window of a few short requests; a bulk batch of 32 sentences is ~500-1000 tokens.
 LATENCY_MAX_TOKENS = 256
+EXACT = ("torch", "onnx")
+APPROXIMATE_MARGIN = 1.05  # bf16 must be this much faster than the best exact backend: accuracy is not free
+TIMED_SENTENCES = 128  # bulk timing: the sample's first 4 batches of 32 (a few seconds a round)
+TIMED_SINGLES = 20  # latency timing: one-sentence calls per round
+TIMING_ROUNDS = 3
 CPU_FEATURES = ("avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni", "avx_vnni", "avx512f")
 
 
@@ -55,9 +63,36 @@ def cpu_features() -> dict:
             **{f: f in flags for f in CPU_FEATURES}}
 
 
-def plan() -> dict[str, str]:
-    """The rule: which backend serves small batches and which bulk, on this CPU (before the quality check)."""
-    return {"latency": "onnx", "throughput": "bf16" if native_bf16() else "onnx"}
+def plan() -> dict[str, list[str]]:
+    """The candidates timed on this CPU for each role (before the quality check)."""
+    return {"latency": list(EXACT), "throughput": [*EXACT, *(["bf16"] if native_bf16() else [])]}
+
+
+def _timings(backends: dict, bulk: list, singles: list, use_type_ids: bool) -> dict:
+    """name -> {"bulk_per_s": median sentences/s, "single_ms": median ms per one-sentence call, others' CPU s}."""
+    def runner(backend):
+        def run(batches):
+            with torch.no_grad():
+                for input_ids, mask, types in batches:
+                    backend.forward(input_ids, mask, types if use_type_ids else None)
+        return run
+    runs = {name: runner(b) for name, b in backends.items()}
+    sentences = sum(len(b[0]) for b in bulk)
+    bulk_speed = measure_speed(runs, bulk, rounds=TIMING_ROUNDS, latency_texts=0)
+    single_speed = measure_speed(runs, singles, rounds=TIMING_ROUNDS, latency_texts=0)
+    return {name: {"bulk_per_s": round(sentences / len(bulk) * statistics.median(bulk_speed[name]["texts_per_s"]), 1),
+                   "single_ms": round(1000 / statistics.median(single_speed[name]["texts_per_s"]), 3),
+                   "others_cpu_s": round(sum(bulk_speed[name]["other_cpu_s"] + single_speed[name]["other_cpu_s"]), 2)}
+            for name in backends}
+
+
+def _fastest(timings: dict, names: list[str], key: str, higher: bool) -> str:
+    """The best of `names` by `key`; an approximate backend only if it beats the best exact one by the margin."""
+    def score(name):
+        return timings[name][key] if higher else 1 / timings[name][key]
+    exact = max((n for n in names if n in EXACT), key=score)
+    best = max(names, key=score)
+    return best if best in EXACT or score(best) >= APPROXIMATE_MARGIN * score(exact) else exact
 
 
 class RoutedBackend:
@@ -103,14 +138,14 @@ def _sample_vectors(encoder, backend, batches) -> torch.Tensor:
     return torch.cat(rows)
 
 
-def _batches(encoder, texts: list[str]):
+def _batches(encoder, texts: list[str], batch: int = BATCH):
     """The sample as padded batches of similar length. Tokenized with a tokenizer of its own: the Encoder's
     may be in use by the caller's thread meanwhile, and fast tokenizers are not shared across threads."""
     tokenizer = TextTokenizer(encoder.checkpoint.tokenizer, min(SAMPLE_MAX_LEN, encoder.checkpoint.model_max_len))
     windows = sorted(((item.windows[0], item.type_ids[0]) for item in tokenizer(texts)), key=lambda w: len(w[0]))
     out = []
-    for start in range(0, len(windows), BATCH):
-        chunk = windows[start:start + BATCH]
+    for start in range(0, len(windows), batch):
+        chunk = windows[start:start + batch]
         length = max(len(ids) for ids, _ in chunk)
         input_ids = torch.full((len(chunk), length), tokenizer.pad_id, dtype=torch.long)
         types = torch.zeros((len(chunk), length), dtype=torch.long)
@@ -134,35 +169,45 @@ def _built(encoder, name: str, ready: dict):
 
 
 def decide(encoder, gate: QualityGate, sample_size: int, ready: dict | None = None, on_latency=None):
-    """Build the planned pair, check the approximate one against the gate, record: (RoutedBackend, record).
-    `on_latency(backend)` is called as soon as the exact latency backend is built, before the quality check."""
+    """Build the candidates, check the approximate one against the gate, time them, record: (RoutedBackend,
+    record). `on_latency(backend)` is called as soon as the onnx export is built, before any check or timing."""
     started = time.perf_counter()
     name, described = _decision_entry(encoder, gate, sample_size)
     ready = dict(ready or {})
-    chosen = plan()
-    latency = _built(encoder, chosen["latency"], ready)
+    candidates = plan()
+    for exact in EXACT:
+        _built(encoder, exact, ready)
     if on_latency is not None:
-        on_latency(RoutedBackend(latency, latency))
-    checks = {}
-    if chosen["throughput"] != chosen["latency"]:
-        candidate = _built(encoder, chosen["throughput"], ready)
-        try:
-            batches = _batches(encoder, english_sentences(sample_size, offset=SAMPLE_OFFSET))
-            reference = _sample_vectors(encoder, _built(encoder, "torch", ready), batches).numpy()
+        on_latency(RoutedBackend(ready["onnx"], ready["onnx"]))
+    checks, timings = {}, {}
+    try:
+        sample = english_sentences(sample_size, offset=SAMPLE_OFFSET)
+    except SampleUnavailable as e:
+        sample, checks["sample"] = None, {"passed": False, "reason": str(e)}
+    throughput = [n for n in candidates["throughput"] if n in EXACT]
+    if sample is not None:
+        batches = _batches(encoder, sample)
+        for approximate in (n for n in candidates["throughput"] if n not in EXACT):
+            candidate = _built(encoder, approximate, ready)
+            reference = _sample_vectors(encoder, ready["torch"], batches).numpy()
             quality = measure_quality(reference, _sample_vectors(encoder, candidate, batches).numpy())
-            checks[chosen["throughput"]] = {**quality.to_dict(), "passed": quality.passes(gate)}
-        except SampleUnavailable as e:
-            checks[chosen["throughput"]] = {"passed": False, "reason": str(e)}
-        if not checks[chosen["throughput"]]["passed"]:
-            chosen["throughput"] = chosen["latency"]  # never trade accuracy the gate does not allow
-    routed = RoutedBackend(latency, ready[chosen["throughput"]])
-    record = {"entry": described, "backend": routed.name, "latency": routed.latency.name,
-              "throughput": routed.throughput.name, "max_latency_tokens": LATENCY_MAX_TOKENS,
-              "quality": checks, "cpu": cpu_features(), "seconds": round(time.perf_counter() - started, 2),
+            checks[approximate] = {**quality.to_dict(), "passed": quality.passes(gate)}
+            if checks[approximate]["passed"]:  # never trade accuracy the gate does not allow
+                throughput.append(approximate)
+        singles = _batches(encoder, sample[:TIMED_SINGLES], batch=1)
+        timings = _timings({n: ready[n] for n in dict.fromkeys([*candidates["latency"], *throughput])},
+                           _batches(encoder, sample[:TIMED_SENTENCES]), singles, encoder.use_type_ids)
+    chosen = {"latency": _fastest(timings, candidates["latency"], "single_ms", higher=False) if timings else "onnx",
+              "throughput": _fastest(timings, throughput, "bulk_per_s", higher=True) if timings else "onnx"}
+    routed = RoutedBackend(ready[chosen["latency"]], ready[chosen["throughput"]])
+    record = {"entry": described, "backend": routed.name, "latency": chosen["latency"],
+              "throughput": chosen["throughput"], "max_latency_tokens": LATENCY_MAX_TOKENS,
+              "quality": checks, "timings": timings, "cpu": cpu_features(),
+              "seconds": round(time.perf_counter() - started, 2),
               "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     export_cache.write_json(export_cache.entry_dir(name) / "decision.json", record)
-    log.info("auto: %s for batches up to %d tokens, %s above, for %s", record["latency"], LATENCY_MAX_TOKENS,
-             record["throughput"], encoder.checkpoint.path)
+    log.info("auto: %s for batches up to %d tokens, %s above, for %s (timed: %s)", record["latency"],
+             LATENCY_MAX_TOKENS, record["throughput"], encoder.checkpoint.path, timings)
     return routed, record
 
 
