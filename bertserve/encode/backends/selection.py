@@ -30,7 +30,7 @@ from dataclasses import asdict
 
 import torch
 
-from bertserve.encode.backends import CONCRETE, export_cache, make_backend
+from bertserve.encode.backends import CONCRETE, EXACT, export_cache, make_backend
 from bertserve.encode.backends.bf16 import native_bf16
 from bertserve.machine_load import cpu_flags, measure_speed
 from bertserve.encode.backends.quality import QualityGate, measure_quality
@@ -47,7 +47,8 @@ BATCH = 32
 # A batch of at most this many padded tokens goes to the latency backend: one sentence (~10-30 tokens) or a
 # server queue window of a few short requests; a bulk batch of 32 sentences is ~500-1000 tokens.
 LATENCY_MAX_TOKENS = 256
-EXACT = ("torch", "onnx")
+EXACT_CANDIDATES = ("torch", "onnx")  # openvino is exact too, but no measured win: not timed
+DISTURBED_CORES = 0.25  # other processes' average load during the timing above which the decision is flagged
 APPROXIMATE_MARGIN = 1.05  # bf16 must be this much faster than the best exact backend: accuracy is not free
 TIMED_SENTENCES = 128  # bulk timing: the sample's first 4 batches of 32 (a few seconds a round)
 TIMED_SINGLES = 20  # latency timing: one-sentence calls per round
@@ -65,7 +66,7 @@ def cpu_features() -> dict:
 
 def plan() -> dict[str, list[str]]:
     """The candidates timed on this CPU for each role (before the quality check)."""
-    return {"latency": list(EXACT), "throughput": [*EXACT, *(["bf16"] if native_bf16() else [])]}
+    return {"latency": list(EXACT_CANDIDATES), "throughput": [*EXACT_CANDIDATES, *(["bf16"] if native_bf16() else [])]}
 
 
 def _timings(backends: dict, bulk: list, singles: list, use_type_ids: bool) -> dict:
@@ -175,11 +176,11 @@ def decide(encoder, gate: QualityGate, sample_size: int, ready: dict | None = No
     name, described = _decision_entry(encoder, gate, sample_size)
     ready = dict(ready or {})
     candidates = plan()
-    for exact in EXACT:
+    for exact in EXACT_CANDIDATES:
         _built(encoder, exact, ready)
     if on_latency is not None:
         on_latency(RoutedBackend(ready["onnx"], ready["onnx"]))
-    checks, timings = {}, {}
+    checks, timings, timing_s = {}, {}, 0.0
     try:
         sample = english_sentences(sample_size, offset=SAMPLE_OFFSET)
     except SampleUnavailable as e:
@@ -187,16 +188,19 @@ def decide(encoder, gate: QualityGate, sample_size: int, ready: dict | None = No
     throughput = [n for n in candidates["throughput"] if n in EXACT]
     if sample is not None:
         batches = _batches(encoder, sample)
-        for approximate in (n for n in candidates["throughput"] if n not in EXACT):
+        approximates = [n for n in candidates["throughput"] if n not in EXACT]
+        reference = _sample_vectors(encoder, ready["torch"], batches).numpy() if approximates else None
+        for approximate in approximates:
             candidate = _built(encoder, approximate, ready)
-            reference = _sample_vectors(encoder, ready["torch"], batches).numpy()
             quality = measure_quality(reference, _sample_vectors(encoder, candidate, batches).numpy())
             checks[approximate] = {**quality.to_dict(), "passed": quality.passes(gate)}
             if checks[approximate]["passed"]:  # never trade accuracy the gate does not allow
                 throughput.append(approximate)
         singles = _batches(encoder, sample[:TIMED_SINGLES], batch=1)
+        timing_started = time.perf_counter()
         timings = _timings({n: ready[n] for n in dict.fromkeys([*candidates["latency"], *throughput])},
                            _batches(encoder, sample[:TIMED_SENTENCES]), singles, encoder.use_type_ids)
+        timing_s = time.perf_counter() - timing_started
     chosen = {"latency": _fastest(timings, candidates["latency"], "single_ms", higher=False) if timings else "onnx",
               "throughput": _fastest(timings, throughput, "bulk_per_s", higher=True) if timings else "onnx"}
     routed = RoutedBackend(ready[chosen["latency"]], ready[chosen["throughput"]])
@@ -205,7 +209,13 @@ def decide(encoder, gate: QualityGate, sample_size: int, ready: dict | None = No
               "quality": checks, "timings": timings, "cpu": cpu_features(),
               "seconds": round(time.perf_counter() - started, 2),
               "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    export_cache.write_json(export_cache.entry_dir(name) / "decision.json", record)
+    decision_file = export_cache.entry_dir(name) / "decision.json"
+    export_cache.write_json(decision_file, record)
+    others = sum(t["others_cpu_s"] for t in timings.values()) / max(timing_s, 1e-9)
+    if others > DISTURBED_CORES:
+        log.warning("auto: other processes kept %.2f cores busy while backends were timed, so %s may not be the "
+                    "fastest on a quiet machine; delete %s to decide again, or force a backend",
+                    others, routed.name, decision_file.parent)
     log.info("auto: %s for batches up to %d tokens, %s above, for %s (timed: %s)", record["latency"],
              LATENCY_MAX_TOKENS, record["throughput"], encoder.checkpoint.path, timings)
     return routed, record
