@@ -62,3 +62,11 @@ def test_encode_package_is_light_until_the_encoder_is_asked_for():
     assert light["heavy"] == [] and light["out"] == ["Encoder", "EncoderConfig", "POOLING_STRATEGIES"]
     heavy = _loaded_after("from bertserve.encode import Encoder, POOLING_STRATEGIES\nout = Encoder.__name__")
     assert heavy["out"] == "Encoder" and "torch" in heavy["heavy"]
+
+
+def test_the_command_line_parser_loads_no_model_code():
+    # `bertserve --help` and every subcommand's --help build this parser: a second of torch import each time
+    got = _loaded_after("from bertserve.cli import build_parser\nparser = build_parser()\n"
+                        "out = sorted(parser._subparsers._group_actions[0].choices)")
+    assert [m for m in got["heavy"] if m != "faiss"] == []
+    assert {"encode", "serve", "distill", "finetune", "train-lm", "ner", "trim-vocab"} <= set(got["out"])

@@ -11,8 +11,8 @@ import sys
 from bertserve.errors import BadInput
 
 from .augment import AugmentConfig
-from .losses import LossConfig
-from .training import TrainConfig
+
+# losses and training load torch: imported where a command runs, so `bertserve --help` stays light
 
 TASKS = ("classification", "ner")
 
@@ -48,7 +48,9 @@ def _add_training_arguments(p) -> None:
     g.add_argument("--no-progress", action="store_true")
 
 
-def _training_config(args, **defaults) -> TrainConfig:
+def _training_config(args, **defaults):
+    from .training import TrainConfig
+
     given = {name: getattr(args, name) for name in ("max_seq_len", "epochs", "batch_size", "lr", "head_lr", "warmup",
                                                     "weight_decay", "patience", "metric", "seed", "threads")}
     values = {**defaults, **{k: v for k, v in given.items() if v is not None}}
@@ -100,6 +102,8 @@ def run_distill(args) -> int:
     if missing:
         print(f"error: {args.task} distillation needs {', '.join(missing)}", file=sys.stderr)
         return 2
+    from .losses import LossConfig
+
     loss = LossConfig(alpha=args.alpha, temperature=args.temperature, schedule=args.temperature_schedule,
                       soft=args.soft_loss, hidden_weight=args.hidden_weight, attention_weight=args.attention_weight,
                       embedding_weight=args.embedding_weight, layer_map=args.layer_map)

@@ -12,7 +12,7 @@ import argparse
 import json
 from dataclasses import fields
 
-from bertserve.distill.embedding import EmbeddingDistillConfig
+from bertserve.distill.embedding_config import EmbeddingDistillConfig
 from bertserve.errors import BadInput
 
 _CONFIG_FIELDS = {f.name: f for f in fields(EmbeddingDistillConfig)}

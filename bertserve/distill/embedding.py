@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bertserve.distill.embedding_config import EmbeddingDistillConfig
 from bertserve.distill.students import (
     build_student,
     load_vocab_tokenizer,
@@ -31,33 +32,6 @@ from bertserve.settings import cache_dir
 
 # Teacher poolings a student can copy and a sentence-transformers Pooling module can express.
 DISTILLABLE_POOLINGS = ("REDUCE_MEAN", "REDUCE_MAX", "FIRST_TOKEN", "REDUCE_MEAN_SQRT_LEN")
-
-
-@dataclass
-class EmbeddingDistillConfig:
-    out: str
-    texts: tuple[str, ...] = ()              # files, one text per line
-    teacher: str | None = None               # None: the bundled all-MiniLM-L6-v2
-    student: str = "bert:layers=3"
-    parallel: tuple[str, ...] = ()           # files of "source<TAB>translation" lines
-    student_vocab: str | None = None         # WordPiece vocab.txt: a student with another tokenizer
-    student_init: str | None = None          # a folder to start the student from instead of building one
-    trim_vocab: bool = False                 # keep only the tokens the training texts use (+ specials, characters)
-    trim_min_count: int = 1
-    teacher_prefix: str = ""                 # prepended for the teacher only (e5: "query: ")
-    allow_projection: bool = True
-    cosine_weight: float = 0.0
-    epochs: float = 1.0
-    batch_size: int = 32
-    lr: float = 1e-4
-    warmup: float = 0.05
-    max_seq_len: int = 128
-    heldout: int = 500                       # texts kept out of training, for the curve and the report
-    eval_every: int = 100
-    max_texts: int | None = None
-    seed: int = 0
-    cache_dir: str | None = None             # teacher vectors; default ~/.cache/bertserve/teacher-vectors
-    threads: int | None = None
 
 
 @dataclass
