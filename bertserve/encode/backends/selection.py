@@ -4,8 +4,9 @@ What a caller needs decides: the server's small batches (one sentence, a few req
 the lowest fixed cost per call, bulk `encode` wants the most sentences per second. So `auto` is a router over two
 concrete backends, chosen per batch by its padded size (rows x length):
 
-  up to LATENCY_MAX_TOKENS   latency backend: the faster of torch fp32 and onnx fp32 on one sentence
-  above                      throughput backend: the fastest of torch fp32, onnx fp32 and, where the CPU computes
+  up to LATENCY_MAX_TOKENS   latency backend: the fastest exact one (torch fp32, onnx fp32, and OpenVINO fp32
+                             where the package is installed) on one sentence
+  above                      throughput backend: the fastest of the exact ones and, where the CPU computes
                              bfloat16 natively (avx512_bf16 or amx_bf16 in /proc/cpuinfo, detected, never assumed)
                              and it passes the quality gate for this model, bf16; an approximate backend must beat
                              the best exact one by APPROXIMATE_MARGIN to be chosen
@@ -20,6 +21,7 @@ all-MiniLM-L6-v2 it fails the gate (docs/encode.md), it stays the user's explici
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import platform
@@ -41,18 +43,22 @@ from bertserve.models.tokenizer import TextTokenizer
 log = logging.getLogger(__name__)
 
 SAMPLE_OFFSET = 400  # the first sentences calibrate nothing today, but stay clear of them for future recipes
-DECISION_FORMAT = 4  # 4: a latency/throughput pair timed here, bf16 checked for quality first
+DECISION_FORMAT = 5  # 5: openvino timed where installed; longer, warmed rounds (4 picked onnx over a faster bf16)
 SAMPLE_MAX_LEN = 128  # token limit of the checked sentences (they are short: this cuts only outliers)
 BATCH = 32
 # A batch of at most this many padded tokens goes to the latency backend: one sentence (~10-30 tokens) or a
 # server queue window of a few short requests; a bulk batch of 32 sentences is ~500-1000 tokens.
 LATENCY_MAX_TOKENS = 256
-EXACT_CANDIDATES = ("torch", "onnx")  # openvino is exact too, but no measured win: not timed
+# openvino: 1.76x sentence-transformers against onnx's 1.53x on the AMD EPYC VM (docs/encode.md); optional package
+EXACT_CANDIDATES = ("torch", "onnx", *(("openvino",) if importlib.util.find_spec("openvino") else ()))
 DISTURBED_CORES = 0.25  # other processes' average load during the timing above which the decision is flagged
 APPROXIMATE_MARGIN = 1.05  # bf16 must be this much faster than the best exact backend: accuracy is not free
-TIMED_SENTENCES = 128  # bulk timing: the sample's first 4 batches of 32 (a few seconds a round)
+# Bulk timing: the sample's first 8 batches of 32, each candidate warmed by one untimed pass first. With 4 batches,
+# 3 rounds and only measure_speed's short warm-up, bf16 timed at 0.92x onnx on a quiet AMD EPYC VM where 4,000
+# sentences ran at 1.39x: its first passes over new shapes are slow, and short rounds are noisy.
+TIMED_SENTENCES = 256
 TIMED_SINGLES = 20  # latency timing: one-sentence calls per round
-TIMING_ROUNDS = 3
+TIMING_ROUNDS = 5
 CPU_FEATURES = ("avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni", "avx_vnni", "avx512f")
 
 
@@ -78,6 +84,9 @@ def _timings(backends: dict, bulk: list, singles: list, use_type_ids: bool) -> d
                     backend.forward(input_ids, mask, types if use_type_ids else None)
         return run
     runs = {name: runner(b) for name, b in backends.items()}
+    for run in runs.values():
+        run(bulk)
+        run(singles)
     sentences = sum(len(b[0]) for b in bulk)
     bulk_speed = measure_speed(runs, bulk, rounds=TIMING_ROUNDS, latency_texts=0)
     single_speed = measure_speed(runs, singles, rounds=TIMING_ROUNDS, latency_texts=0)
