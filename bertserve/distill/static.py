@@ -307,6 +307,12 @@ class StaticDistiller:
 
         cfg = self.config
         start = time.perf_counter()
+        # every token and corpus text goes through the teacher: on a fresh cache `auto` would time its candidates
+        # beside those passes (slowing both) and switch only after them, so the choice is made first
+        choice = self.teacher.wait_for_backend()
+        if choice is not None:
+            self.timing["teacher_backend_s"] = round(time.perf_counter() - start, 1)
+            log(f"teacher backend: {self.teacher.backend.name} (auto's choice, {self.timing['teacher_backend_s']} s)")
         used = None
         if cfg.corpus_tokens_only and self.train_texts:
             n_vocab = self.tokenizer.get_vocab_size()
