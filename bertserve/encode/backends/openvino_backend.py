@@ -26,11 +26,17 @@ class OpenVinoBackend:
         except ImportError:
             raise BackendUnavailable("backend 'openvino' needs the openvino package (pip install openvino)") from None
         self.hidden_indices, self.need_pooler, self.use_type_ids = hidden_indices, need_pooler, use_type_ids
-        core = ov.Core()
-        self.compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU",
-                                           {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
-                                            "PERFORMANCE_HINT": "LATENCY"})
-        names = [f"hidden_{i}" for i in hidden_indices] + (["pooled"] if need_pooler else [])
+        self.onnx_path, self.threads = onnx_path, threads
+        self.use_model(ov.Core().read_model(str(onnx_path)))
+
+    def use_model(self, model) -> None:
+        """Compile and serve `model`: an openvino.Model with the export's inputs and outputs (e.g. a quantized one)."""
+        import openvino as ov
+
+        self.compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                               "INFERENCE_NUM_THREADS": self.threads,
+                                                               "PERFORMANCE_HINT": "LATENCY"})
+        names = [f"hidden_{i}" for i in self.hidden_indices] + (["pooled"] if self.need_pooler else [])
         self._outputs = [self.compiled.output(n) for n in names]
         self._local = threading.local()  # an infer request serves one thread at a time
 
