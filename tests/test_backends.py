@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bertserve import Encoder
-from bertserve.encode.backends import QualityGate, export_cache
+from bertserve.encode.backends import EXACT, QualityGate, export_cache
 from bertserve.encode.backends.bf16 import native_bf16
 from bertserve.encode.backends.quality import measure_quality
 from bertserve.machine_load import Meter
@@ -178,16 +178,17 @@ def test_load_meter_tells_other_processes_cpu_from_ours():
 
 def test_auto_routes_small_batches_to_the_latency_backend_and_bulk_to_the_throughput_one(tiny_english_bert):
     from bertserve.encode.backends.bf16 import native_bf16
-    from bertserve.encode.backends.selection import APPROXIMATE_MARGIN, LATENCY_MAX_TOKENS
+    from bertserve.encode.backends.selection import APPROXIMATE_MARGIN, EXACT_CANDIDATES, LATENCY_MAX_TOKENS
 
     enc = Encoder(tiny_english_bert, backend="auto", auto_sample=60)
     choice = enc.backend_choice
     assert enc.config.backend == "auto" and enc.backend.name == choice["backend"]
     timed = choice["timings"]  # each candidate timed here: the choice follows from these figures
-    assert choice["latency"] == min(("torch", "onnx"), key=lambda n: timed[n]["single_ms"])
+    assert set(EXACT_CANDIDATES) <= set(timed)  # torch, onnx, and openvino where it is installed
+    assert choice["latency"] == min(EXACT_CANDIDATES, key=lambda n: timed[n]["single_ms"])
     bf16_ok = native_bf16() and choice["quality"]["bf16"]["passed"]
     assert ("bf16" in timed) == bf16_ok  # timed only where the CPU has it and it passes the gate
-    best_exact = max(("torch", "onnx"), key=lambda n: timed[n]["bulk_per_s"])
+    best_exact = max(EXACT_CANDIDATES, key=lambda n: timed[n]["bulk_per_s"])
     bf16_wins = bf16_ok and timed["bf16"]["bulk_per_s"] >= APPROXIMATE_MARGIN * timed[best_exact]["bulk_per_s"]
     assert choice["throughput"] == ("bf16" if bf16_wins else best_exact)
     assert choice["cpu"]["avx512_bf16"] == ("avx512_bf16" in open("/proc/cpuinfo").read())  # read, not assumed
@@ -229,7 +230,7 @@ def test_auto_keeps_bulk_exact_when_bf16_fails_the_gate(tiny_english_bert):
     impossible = QualityGate(mean_cosine=1.0, min_cosine=1.0, top10_overlap=1.0)  # only exact backends reach it
     enc = Encoder(tiny_english_bert, backend="auto", auto_sample=60, auto_gate=impossible, pooling="CLS_TOKEN")
     choice = enc.backend_choice
-    assert {choice["latency"], choice["throughput"]} <= {"torch", "onnx"} and "bf16" not in choice["timings"]
+    assert {choice["latency"], choice["throughput"]} <= set(EXACT) and "bf16" not in choice["timings"]
     assert all(not c["passed"] for c in choice["quality"].values())
     want = Encoder(tiny_english_bert, backend="torch", pooling="CLS_TOKEN").encode(EN * 20)
     assert row_cosines(enc.encode(EN * 20), want).min() >= EXACT_MIN_COSINE
