@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 from bertserve.encode import Encoder
 from bertserve.encode.backends.quality import QualityGate, measure_quality
 from bertserve.encode.backends.sample import english_sentences
-from bertserve.machine_load import describe_machine, measure_speed
+from bertserve.machine_load import describe_machine, measure_speed, summarize_speed
 
 
 def calibration_feeds(encoder: Encoder, texts: list[str]) -> list[dict]:
@@ -75,13 +74,12 @@ def main() -> None:
     if args.no_speed:
         print(json.dumps(report["rows"], indent=1))
         return
-    timings = measure_speed({n: e.encode for n, e in encoders.items()}, texts, rounds=args.rounds, latency_texts=20)
-    base = statistics.median(timings["onnx"]["texts_per_s"])
-    for name, t in timings.items():
-        row = report["rows"][name]
-        row.update(texts_per_s=statistics.median(t["texts_per_s"]),
-                   latency_p50_ms=statistics.median(t["latency_ms"]), other_cpu_s=t["other_cpu_s"])
-        row["vs_onnx"] = row["texts_per_s"] / base
+    runs = measure_speed({n: e.encode for n, e in encoders.items()}, texts, rounds=args.rounds, latency_texts=20)
+    speed = summarize_speed(runs)
+    for name, t in speed.items():
+        report["rows"][name].update(texts_per_s=t["texts_per_s_median"], latency_p50_ms=t["latency_ms_p50"],
+                                    other_cpu_s=runs[name]["other_cpu_s"],
+                                    vs_onnx=t["texts_per_s_median"] / speed["onnx"]["texts_per_s_median"])
     args.out.write_text(json.dumps(report, indent=1))
     print(f"{report['machine']}; {len(texts)} sentences, calibration {len(calibration)}, {args.threads} threads")
     print(json.dumps(report["rows"], indent=1))

@@ -19,10 +19,10 @@ def padded_work(lengths: np.ndarray, batch: int) -> tuple[int, int]:
     """(token positions, attention scores) when every batch is padded to its longest text."""
     positions = scores = 0
     for i in range(0, len(lengths), batch):
-        longest = int(lengths[i:i + batch].max())
-        n = len(lengths[i:i + batch])
-        positions += longest * n
-        scores += longest * longest * n
+        rows = lengths[i:i + batch]
+        longest = int(rows.max())
+        positions += longest * len(rows)
+        scores += longest * longest * len(rows)
     return positions, scores
 
 

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bertserve.encode.backends.quality import measure_quality
 from bertserve.encode.backends.sample import english_sentences
-from bertserve.machine_load import describe_machine, measure_speed
+from bertserve.machine_load import describe_machine, measure_speed, summarize_speed
 from bertserve.models.registry import resolve
 
 BATCH = 32
@@ -68,17 +68,14 @@ def main() -> None:
     report = {"machine": describe_machine(), "sentences": len(texts), "threads": args.threads,
               "compile_s": compile_s, "rows": {}}
     for name, run in contenders.items():
-        v = run(texts)
-        cos = (v * reference).sum(1) / np.linalg.norm(v, axis=1) / np.linalg.norm(reference, axis=1)
-        report["rows"][name] = {"mean_cos": float(cos.mean()), "min_cos": float(cos.min())}
-    timings = measure_speed(contenders, texts, rounds=args.rounds, latency_texts=20)
-    base = statistics.median(timings["eager fp32"]["texts_per_s"])
-    for name, t in timings.items():
-        row = report["rows"][name]
-        row["texts_per_s"] = statistics.median(t["texts_per_s"])
-        row["vs_eager_fp32"] = row["texts_per_s"] / base
-        row["latency_p50_ms"] = statistics.median(t["latency_ms"])
-        row["other_cpu_s"] = t["other_cpu_s"]
+        q = measure_quality(reference, run(texts))
+        report["rows"][name] = {"mean_cos": q.mean_cosine, "min_cos": q.min_cosine}
+    runs = measure_speed(contenders, texts, rounds=args.rounds, latency_texts=20)
+    speed = summarize_speed(runs)
+    for name, t in speed.items():
+        report["rows"][name].update(texts_per_s=t["texts_per_s_median"], latency_p50_ms=t["latency_ms_p50"],
+                                    other_cpu_s=runs[name]["other_cpu_s"],
+                                    vs_eager_fp32=t["texts_per_s_median"] / speed["eager fp32"]["texts_per_s_median"])
     args.out.write_text(json.dumps(report, indent=1))
     print(f"{report['machine']}; {len(texts)} sentences, {args.threads} threads, {args.rounds} rounds; compile {compile_s}")
     print("| path | sentences/s | vs eager fp32 | one sentence p50 ms | mean / min cos to eager fp32 | others' CPU s |")

