@@ -32,6 +32,7 @@ import torch  # noqa: E402
 from bertserve import Encoder  # noqa: E402
 from bertserve.encode.backends import QualityGate  # noqa: E402
 from bertserve.encode.backends.bf16 import native_bf16  # noqa: E402
+from bertserve.encode.backends.selection import INT8_AVAILABLE  # noqa: E402
 from bertserve.machine_load import Meter, rss_mib  # noqa: E402
 from bertserve.encode.backends.quality import measure_quality  # noqa: E402
 from bertserve.encode.backends.sample import english_sentences  # noqa: E402
@@ -167,8 +168,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--latency-calls", type=int, default=200)
     ap.add_argument("--long-texts", type=int, default=150, help="texts per long-text run (0: skip)")
-    ap.add_argument("--backends", default="torch,onnx,onnx-int8,bf16,openvino,auto",
-                    help="bf16 is left out on CPUs without native bf16, openvino where the package is missing")
+    ap.add_argument("--backends", default="torch,onnx,onnx-int8,bf16,openvino,openvino-int8,auto",
+                    help="bf16 is left out on CPUs without native bf16, openvino(-int8) where its packages are missing")
     ap.add_argument("--quick", action="store_true",
                     help="1,000 sentences, 100 latency calls, 40 texts per long-text run (the same contenders)")
     ap.add_argument("--corpus", choices=("en", "zh"), default="en",
@@ -178,8 +179,9 @@ def main() -> None:
     if args.quick:
         args.sentences, args.latency_calls, args.long_texts = min(args.sentences, 1000), 100, 40
     torch.set_num_threads(args.threads)
-    backends = [b for b in args.backends.split(",") if (b != "bf16" or native_bf16())
-                and (b != "openvino" or importlib.util.find_spec("openvino") is not None)]
+    available = {"bf16": native_bf16(), "openvino": importlib.util.find_spec("openvino") is not None,
+                 "openvino-int8": INT8_AVAILABLE}
+    backends = [b for b in args.backends.split(",") if available.get(b, True)]
     if args.corpus == "zh":
         from distill_embeddings import peoples_daily_sentences
         from e5_model import E5_QUERY, e5_model_path

@@ -50,22 +50,9 @@ def quantize(vectors: np.ndarray, precision: str, ranges: np.ndarray | None = No
 
 def calibration_texts(encoder) -> list[str]:
     """English sentences, and Chinese ones too when the model's vocabulary covers them (few [UNK])."""
-    from bertserve.encode.backends.sample import chinese_sentences, english_sentences
-    from bertserve.evaluation import SampleUnavailable
-    from bertserve.models.coverage import UNKNOWN_SHARE
+    from bertserve.encode.backends.sample import covered_sample
 
-    texts = english_sentences(CALIBRATION_ENGLISH)
-    try:
-        chinese = list(chinese_sentences()[:CALIBRATION_CHINESE])
-    except SampleUnavailable:
-        chinese = []
-    if chinese and max(encoder.unknown_shares(chinese[:20])) <= UNKNOWN_SHARE:
-        texts += chinese
-    # a model with prompts ("query: ", "passage: ") is used with them: calibrate on what users will send
-    prompts = list(encoder.checkpoint.prompts.values())
-    if prompts:
-        texts = [prompts[i % len(prompts)] + t for i, t in enumerate(texts)]
-    return texts
+    return covered_sample(encoder.tokenizer, encoder.checkpoint.prompts, CALIBRATION_ENGLISH, CALIBRATION_CHINESE)
 
 
 def calibration_ranges(encoder) -> np.ndarray:

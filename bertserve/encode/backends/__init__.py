@@ -4,15 +4,17 @@
   onnx       the model exported to ONNX (cached on disk), run by onnxruntime: exact to ~1e-6
   onnx-int8  the export quantized to int8: fastest, approximate
   bf16       torch with bfloat16 autocast, only on CPUs with native bf16 (AVX-512 BF16 / AMX): approximate
-  openvino   that export run by OpenVINO (optional package): fp32, exact; not chosen by `auto`
-  auto       onnx for small batches, bf16 (where native and passing the gate) for bulk (see selection.py)
+  openvino   that export run by OpenVINO: fp32, exact
+  openvino-int8  that export quantized by NNCF (static int8, FFN outputs fp32), run by OpenVINO: approximate
+  auto       per batch size, the fastest exact backend or an approximate one that passes the quality gate for
+             this model (bf16 where native, openvino-int8 where installed), timed here (see selection.py)
 """
 from __future__ import annotations
 
 from bertserve.encode.backends.quality import QualityGate
 from bertserve.errors import BadInput
 
-CONCRETE = ("torch", "onnx", "onnx-int8", "bf16", "openvino")
+CONCRETE = ("torch", "onnx", "onnx-int8", "bf16", "openvino", "openvino-int8")
 BACKENDS = ("auto",) + CONCRETE
 EXACT = ("torch", "onnx", "openvino")
 
@@ -38,4 +40,7 @@ def make_backend(name: str, checkpoint, hidden_indices: tuple[int, ...], need_po
     if name == "openvino":
         from bertserve.encode.backends.openvino_backend import openvino_backend
         return openvino_backend(checkpoint, hidden_indices, need_pooler, use_type_ids, num_threads)
+    if name == "openvino-int8":
+        from bertserve.encode.backends.openvino_backend import openvino_int8_backend
+        return openvino_int8_backend(checkpoint, hidden_indices, need_pooler, use_type_ids, num_threads)
     raise BadInput(f"unknown backend {name!r}; valid: {', '.join(BACKENDS)}")

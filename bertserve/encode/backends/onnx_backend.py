@@ -109,7 +109,7 @@ class OnnxBackend:
 
 
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog near the river bank."
-PROBE_MIN_COSINE = {"onnx": 0.99999, "onnx-int8": 0.95}  # per token, against torch fp32
+PROBE_MIN_COSINE = {"onnx": 0.99999, "onnx-int8": 0.95, "openvino-int8": 0.95}  # per token, against torch fp32
 
 
 def _probe_inputs(tokenizer):
@@ -117,7 +117,7 @@ def _probe_inputs(tokenizer):
     return enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids")
 
 
-def _probe_ok(backend: OnnxBackend, reference, tokenizer) -> bool:
+def probe_ok(backend, reference, tokenizer) -> bool:
     """Does the graph on disk compute what the model computes? Catches damaged or mismatched files."""
     ids, mask, types = _probe_inputs(tokenizer)
     try:
@@ -157,7 +157,7 @@ def onnx_backend(variant: str, checkpoint, hidden_indices: tuple[int, ...], need
             backend = OnnxBackend(variant, path, hidden_indices, need_pooler, use_type_ids, num_threads)
         except Exception:  # onnxruntime refuses a damaged file with a variety of exception types
             backend = None
-        if backend is not None and _probe_ok(backend, reference, checkpoint.tokenizer):
+        if backend is not None and probe_ok(backend, reference, checkpoint.tokenizer):
             return backend
     # Missing, stale or damaged: rebuild from scratch. meta.json is written last, so its presence marks a
     # complete entry.
@@ -175,7 +175,7 @@ def onnx_backend(variant: str, checkpoint, hidden_indices: tuple[int, ...], need
         for leftover in folder.glob(f".model.{os.getpid()}.*"):
             leftover.unlink()
     backend = OnnxBackend(variant, path, hidden_indices, need_pooler, use_type_ids, num_threads)
-    if not _probe_ok(backend, reference, checkpoint.tokenizer):
+    if not probe_ok(backend, reference, checkpoint.tokenizer):
         raise RuntimeError(f"the fresh {variant} export of {checkpoint.path} does not reproduce the torch model "
                            f"on a probe sentence; not using it (left in {folder} for inspection)")
     export_cache.write_json(meta_path, {"entry": described, "bytes": path.stat().st_size})

@@ -18,11 +18,11 @@ from pathlib import Path
 RECIPE = "dynamic-per-channel-ffn-out-fp32-v2"  # part of the cache key: a new recipe never reuses an old file
 
 
-def _sensitive_nodes(graph) -> list[str]:
-    """MatMuls of the FFN output projection: BERT/RoBERTa `.../output/dense` (not the attention's output),
-    DistilBERT `.../ffn/lin2`."""
-    return [n.name for n in graph.node if n.op_type == "MatMul"
-            and (("/output/dense" in n.name and "attention" not in n.name) or "/ffn/lin2/" in n.name)]
+def sensitive_nodes(matmul_names) -> list[str]:
+    """Of the graph's MatMul names, those of the FFN output projection: BERT/RoBERTa `.../output/dense` (not the
+    attention's output), DistilBERT `.../ffn/lin2`."""
+    return [n for n in matmul_names
+            if ("/output/dense" in n and "attention" not in n) or "/ffn/lin2/" in n]
 
 
 def quantize_int8(fp32_path: Path, out_path: Path) -> None:
@@ -30,9 +30,10 @@ def quantize_int8(fp32_path: Path, out_path: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     graph = onnx.load(str(fp32_path), load_external_data=False).graph
+    keep_fp32 = sensitive_nodes(n.name for n in graph.node if n.op_type == "MatMul")
     logging.disable(logging.WARNING)  # the quantizer logs every node it skips, and advice, on the root logger
     try:
         quantize_dynamic(str(fp32_path), str(out_path), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul"], nodes_to_exclude=_sensitive_nodes(graph))
+                         op_types_to_quantize=["MatMul"], nodes_to_exclude=keep_fp32)
     finally:
         logging.disable(logging.NOTSET)

@@ -94,3 +94,44 @@ def chinese_sentences() -> tuple[str, ...]:
         text = "".join(re.sub(r"/[a-zA-Z]+$", "", w.lstrip("[").split("]")[0]) for w in words)
         out += [s for s in _CHINESE_SENTENCE_END.split(text) if 8 <= len(s) <= 150]
     return tuple(dict.fromkeys(out))
+
+
+def covered_sample(tokenizer, prompts: dict, english: int, chinese: int, *, offset: int = 0) -> list[str]:
+    """`english` real English sentences, plus `chinese` People's Daily ones when the model's vocabulary covers
+    them (few [UNK]), each with the model's prompts in turn when it has any ("query: ", "passage: "): the text
+    users send, for calibrations (vector ranges, int8 activation scales). `tokenizer` is a TextTokenizer."""
+    from bertserve.evaluation import SampleUnavailable
+    from bertserve.models.coverage import UNKNOWN_SHARE, unknown_share
+
+    texts = english_sentences(english, offset=offset)
+    try:
+        zh = list(chinese_sentences()[offset:offset + chinese]) if chinese else []
+    except SampleUnavailable:
+        zh = []
+    if zh and max(unknown_share(it.windows[0], it.weights[0], tokenizer.unk_id)
+                  for it in tokenizer(zh[:20])) <= UNKNOWN_SHARE:
+        texts += zh
+    prompts = list(prompts.values())
+    if prompts:
+        texts = [prompts[i % len(prompts)] + t for i, t in enumerate(texts)]
+    return texts
+
+
+def padded_batches(tokenizer, texts: list[str], batch: int):
+    """`texts` as model inputs: (input_ids, attention_mask, token_type_ids) batches of similar length, padded.
+    `tokenizer` is a TextTokenizer (its first window of each text: long texts are cut at its max_len)."""
+    import torch
+
+    windows = sorted(((item.windows[0], item.type_ids[0]) for item in tokenizer(texts)), key=lambda w: len(w[0]))
+    out = []
+    for start in range(0, len(windows), batch):
+        chunk = windows[start:start + batch]
+        length = max(len(ids) for ids, _ in chunk)
+        input_ids = torch.full((len(chunk), length), tokenizer.pad_id, dtype=torch.long)
+        types = torch.zeros((len(chunk), length), dtype=torch.long)
+        mask = torch.zeros((len(chunk), length), dtype=torch.long)
+        for row, (ids, tids) in enumerate(chunk):
+            input_ids[row, :len(ids)], types[row, :len(tids)], mask[row, :len(ids)] = (
+                torch.tensor(ids), torch.tensor(tids), 1)
+        out.append((input_ids, mask, types))
+    return out
