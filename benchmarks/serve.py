@@ -242,10 +242,14 @@ def main():
 
     texts = corpus(args.texts)
     enc = Encoder()
+    # On a fresh cache `auto` decides here first, so the server reads that decision instead of timing backends
+    # at the same time on the same cores (two decisions disturbing each other)
+    results_choice = enc.wait_for_backend()
     srv = ServerProcess("--num-worker", str(args.num_worker))
     results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "texts": len(texts),
                "rounds": args.rounds, "num_worker": args.num_worker, "cpus": os.cpu_count(),
-               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+               "backend": enc.backend.name, "auto_timings": (results_choice or {}).get("timings")}
     try:
         results["rss_after_start"] = rss_mb(srv.proc.pid)
         print(f"throughput, {len(texts)} texts, requests of {REQUEST_TEXTS}:", flush=True)

@@ -23,6 +23,10 @@ import torch
 
 from bertserve.encode.backends import BackendUnavailable
 
+# The CPU plugin keeps compiled kernels and buffers for each input shape it has seen, 5,000 shapes by default: 400
+# random batch shapes grew a process from 193 to 1,097 MiB on int8 (928 MiB fp32). With 64 it stayed at 647 MiB
+# at the same speed within noise; with 0 it ran 0.76x (benchmarks/openvino_settings.py, quiet AMD EPYC VM).
+RUNTIME_CACHE_SHAPES = 64
 INT8_RECIPE = "nncf-ptq-transformer-performance-ffn-out-fp32-v1"  # in the cache key: a new recipe rebuilds
 INT8_CALIBRATION = (300, 150)  # English and (where the vocabulary covers it) Chinese sentences
 INT8_CALIBRATION_BATCH = 8
@@ -46,7 +50,8 @@ class OpenVinoBackend:
 
         self.compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
                                                                "INFERENCE_NUM_THREADS": self.threads,
-                                                               "PERFORMANCE_HINT": "LATENCY"})
+                                                               "PERFORMANCE_HINT": "LATENCY",
+                                                               "CPU_RUNTIME_CACHE_CAPACITY": RUNTIME_CACHE_SHAPES})
         names = [f"hidden_{i}" for i in self.hidden_indices] + (["pooled"] if self.need_pooler else [])
         self._outputs = [self.compiled.output(n) for n in names]
         self._local = threading.local()  # an infer request serves one thread at a time
@@ -123,7 +128,7 @@ def openvino_int8_backend(checkpoint, hidden_indices, need_pooler, use_type_ids,
     import os
 
     from bertserve.encode.backends import export_cache
-    from bertserve.encode.backends.onnx_backend import probe_ok
+    from bertserve.encode.backends.onnx_backend import probe_ok, session_threads
     from bertserve.encode.backends.torch_backend import TorchBackend
 
     try:  # nncf itself is imported only by the quantizing process (memory, import time)
@@ -131,7 +136,7 @@ def openvino_int8_backend(checkpoint, hidden_indices, need_pooler, use_type_ids,
     except importlib.metadata.PackageNotFoundError:
         raise BackendUnavailable("backend 'openvino-int8' needs the openvino and nncf packages "
                                  "(pip install openvino nncf)") from None
-    fp32 = openvino_backend(checkpoint, hidden_indices, need_pooler, use_type_ids, num_threads)
+    threads = session_threads(num_threads)
     name, described = export_cache.entry_key(
         INT8, model=export_cache.checkpoint_content_hash(checkpoint), hidden_indices=list(hidden_indices),
         pooler=need_pooler, type_ids=use_type_ids, recipe=INT8_RECIPE, calibration=list(INT8_CALIBRATION),
@@ -142,12 +147,13 @@ def openvino_int8_backend(checkpoint, hidden_indices, need_pooler, use_type_ids,
     meta = export_cache.read_json(meta_path)
     if meta is not None and meta.get("entry") == described and meta.get("bytes") == _ir_bytes(xml):
         try:
-            backend = OpenVinoBackend(xml, hidden_indices, need_pooler, use_type_ids, fp32.threads, INT8)
+            backend = OpenVinoBackend(xml, hidden_indices, need_pooler, use_type_ids, threads, INT8)
         except Exception:  # OpenVINO refuses a damaged file with a variety of exception types
             backend = None
         if backend is not None and probe_ok(backend, reference, checkpoint.tokenizer):
-            return backend
+            return backend  # no fp32 graph was compiled: a server on int8 never holds one
     # Missing, stale or damaged: quantize again. meta.json is written last, so it marks a complete entry.
+    fp32 = openvino_backend(checkpoint, hidden_indices, need_pooler, use_type_ids, num_threads)
     folder.mkdir(parents=True, exist_ok=True)
     meta_path.unlink(missing_ok=True)
     tmp = folder / f".model.{os.getpid()}.xml"
@@ -158,7 +164,8 @@ def openvino_int8_backend(checkpoint, hidden_indices, need_pooler, use_type_ids,
     finally:
         for leftover in folder.glob(f".model.{os.getpid()}.*"):
             leftover.unlink()
-    backend = OpenVinoBackend(xml, hidden_indices, need_pooler, use_type_ids, fp32.threads, INT8)
+    del fp32
+    backend = OpenVinoBackend(xml, hidden_indices, need_pooler, use_type_ids, threads, INT8)
     if not probe_ok(backend, reference, checkpoint.tokenizer):
         raise RuntimeError(f"the fresh int8 graph of {checkpoint.path} is too far from the torch model on a probe "
                            f"sentence; not using it (left in {folder} for inspection)")
