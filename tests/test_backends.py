@@ -237,6 +237,9 @@ def test_auto_routes_small_batches_to_the_latency_backend_and_bulk_to_the_throug
     assert choice["latency"] == expected_choice(timed, "single_ms", higher=False)
     assert choice["throughput"] == expected_choice(timed, "bulk_per_s", higher=True)
     assert choice["cpu"]["avx512_bf16"] == ("avx512_bf16" in open("/proc/cpuinfo").read())  # read, not assumed
+    approximate_chosen = {choice["latency"], choice["throughput"]} - set(EXACT)
+    assert (choice["long"] == expected_choice({n: t for n, t in timed.items() if n in EXACT}, "bulk_per_s", True)
+            if approximate_chosen else choice["long"] is None)
     one = torch.ones(1, LATENCY_MAX_TOKENS, dtype=torch.long)
     assert enc.backend.pick(one).name == choice["latency"]
     assert enc.backend.pick(torch.ones(2, LATENCY_MAX_TOKENS, dtype=torch.long)).name == choice["throughput"]
@@ -248,6 +251,29 @@ def test_auto_routes_small_batches_to_the_latency_backend_and_bulk_to_the_throug
     again = Encoder(tiny_english_bert, backend="auto", auto_sample=60)
     assert again._auto.done.is_set() and again.backend_choice == choice  # read back from the cache
     assert again.info()["backend"] == choice["backend"]
+
+
+def test_batches_longer_than_the_checked_sample_go_to_the_exact_backend():
+    """The gate checks approximate backends on sentences of up to SAMPLE_MAX_LEN tokens; longer batches go to
+    the exact backend, built once, on the first of them."""
+    from bertserve.encode.backends.selection import SAMPLE_MAX_LEN, RoutedBackend
+
+    approximate = Encoder(backend="onnx-int8").backend  # the default model: 512 positions
+    built = []
+
+    def exact():
+        built.append(Encoder(backend="torch").backend)
+        return built[-1]
+    routed = RoutedBackend(approximate, approximate, exact_long=exact)
+    assert routed.pick(torch.ones(1, 12, dtype=torch.long)) is approximate and not built  # nothing built early
+    assert routed.pick(torch.ones(32, SAMPLE_MAX_LEN, dtype=torch.long)) is approximate
+    assert routed.pick(torch.ones(1, SAMPLE_MAX_LEN + 1, dtype=torch.long)) is built[0]
+    assert routed.pick(torch.ones(8, 400, dtype=torch.long)) is built[0] and len(built) == 1
+    ids = torch.randint(1000, 2000, (2, SAMPLE_MAX_LEN + 20))
+    mask = torch.ones_like(ids)
+    got, _ = routed.forward(ids, mask, None)
+    want, _ = built[0].forward(ids, mask, None)
+    assert all(torch.equal(got[i], want[i]) for i in want)  # exactly the exact backend's output
 
 
 def test_auto_serves_at_once_and_decides_per_model_and_layers_not_per_pooling(tmp_path):

@@ -252,16 +252,23 @@ def test_length_batches_are_the_cheapest_cut_and_cover_every_row_once():
     for trial in range(40):
         lengths = sorted(rng.integers(1, 80, size=int(rng.integers(1, 9))).tolist())
         max_rows, per_batch = int(rng.integers(1, 5)), int(rng.choice([0, 8, 32, 500]))
-        bounds = length_batches(lengths, max_rows, per_batch)
+        max_tokens = None if trial % 2 else int(rng.integers(60, 200))
+
+        def fits(start, end):  # rows and padded tokens within the limits (a single row always fits)
+            return 0 < end - start <= max_rows and (
+                max_tokens is None or end - start == 1 or (end - start) * lengths[end - 1] <= max_tokens)
+        bounds = length_batches(lengths, max_rows, per_batch, max_tokens)
         assert bounds[0][0] == 0 and bounds[-1][1] == len(lengths)
-        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:])) and all(0 < e - s <= max_rows for s, e in bounds)
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:])) and all(fits(s, e) for s, e in bounds)
         cheapest = min(  # every way of cutting the list, by brute force
             cost(list(zip((0, *cuts), (*cuts, len(lengths)))), lengths, per_batch)
             for k in range(len(lengths)) for cuts in itertools.combinations(range(1, len(lengths)), k)
-            if all(0 < e - s <= max_rows for s, e in zip((0, *cuts), (*cuts, len(lengths)))))
+            if all(fits(s, e) for s, e in zip((0, *cuts), (*cuts, len(lengths)))))
         assert cost(bounds, lengths, per_batch) == cheapest, (lengths, max_rows, per_batch)
     assert length_batches([], 32, 32) == []
     # one request of short and long texts is cut where padding the short ones to the long ones costs more
     assert length_batches([5] * 10 + [60] * 4, 32, 32) == [(0, 10), (10, 14)]
     assert length_batches([5] * 10 + [6] * 4, 32, 32) == [(0, 14)]
+    assert max(e - s for s, e in length_batches([512] * 20, 32, 32, 4096)) == 8  # 8 rows of 512 tokens at most
+    assert length_batches([600], 32, 32, 4096) == [(0, 1)]  # a row longer than the budget stands alone
 

@@ -45,8 +45,12 @@ from bertserve.models.tokenizer import TextTokenizer
 log = logging.getLogger(__name__)
 
 SAMPLE_OFFSET = 400  # the first 300 sentences calibrate openvino-int8: the gate is checked on others
-DECISION_FORMAT = 6  # 6: openvino-int8 a candidate of both roles; 5: openvino timed, longer warmed rounds
-SAMPLE_MAX_LEN = 128  # token limit of the checked sentences (they are short: this cuts only outliers)
+DECISION_FORMAT = 7  # 7: texts longer than the checked sample on an exact backend; 6: openvino-int8 a candidate
+# Token limit of the checked sentences (they are short: this cuts only outliers). Batches longer than this go to
+# the fastest exact backend when an approximate one was chosen: the gate says nothing about them, and on
+# all-MiniLM-L6-v2 openvino-int8 (calibrated and checked on sentences) fell to top-10 overlap 0.940 at 256 tokens
+# and 0.916 at 512 (benchmarks/encode.py, 2026-12-02 16:29 UTC), where bf16 kept 0.999 / 0.997.
+SAMPLE_MAX_LEN = 128
 BATCH = 32
 # A batch of at most this many padded tokens goes to the latency backend: one sentence (~10-30 tokens) or a
 # server queue window of a few short requests; a bulk batch of 32 sentences is ~500-1000 tokens.
@@ -111,14 +115,24 @@ def _fastest(timings: dict, names: list[str], key: str, higher: bool) -> str:
 
 
 class RoutedBackend:
-    """Two backends computing the same outputs; each batch goes to one of them by its padded size."""
+    """Backends computing the same outputs; each batch goes to one of them by its padded size. `exact_long`
+    (a function building the exact backend, called once on the first such batch) takes the batches longer than
+    the sample the gate was checked on, where an approximate backend is unchecked."""
 
-    def __init__(self, latency, throughput, max_latency_tokens: int = LATENCY_MAX_TOKENS):
+    def __init__(self, latency, throughput, max_latency_tokens: int = LATENCY_MAX_TOKENS, exact_long=None,
+                 max_checked_len: int = SAMPLE_MAX_LEN):
         self.latency, self.throughput, self.max_latency_tokens = latency, throughput, max_latency_tokens
         self.hidden_indices, self.need_pooler = latency.hidden_indices, latency.need_pooler
         self.name = latency.name if latency is throughput else f"{latency.name}/{throughput.name}"
+        self._exact_long, self._long, self.max_checked_len = exact_long, None, max_checked_len
+        self._long_lock = threading.Lock()
 
     def pick(self, input_ids: torch.Tensor):
+        if self._exact_long is not None and input_ids.shape[1] > self.max_checked_len:
+            with self._long_lock:
+                if self._long is None:
+                    self._long = self._exact_long()
+            return self._long
         return self.latency if input_ids.numel() <= self.max_latency_tokens else self.throughput
 
     def forward(self, input_ids, attention_mask, token_type_ids):
@@ -210,12 +224,16 @@ def decide(encoder, gate: QualityGate, sample_size: int, ready: dict | None = No
                                   higher=False) if timings else "onnx",
               "throughput": _fastest(timings, [n for n in candidates["throughput"] if n in passed], "bulk_per_s",
                                      higher=True) if timings else "onnx"}
-    routed = RoutedBackend(ready[chosen["latency"]], ready[chosen["throughput"]])
-    record = {"entry": described, "backend": routed.name, "latency": chosen["latency"],
-              "throughput": chosen["throughput"], "max_latency_tokens": LATENCY_MAX_TOKENS,
+    exact = [n for n in timings if n in EXACT]
+    chosen["long"] = (max(exact, key=lambda n: timings[n]["bulk_per_s"]) if exact else "onnx") \
+        if {chosen["latency"], chosen["throughput"]} - set(EXACT) else None
+    record = {"entry": described, "latency": chosen["latency"], "throughput": chosen["throughput"],
+              "long": chosen["long"], "max_checked_len": SAMPLE_MAX_LEN, "max_latency_tokens": LATENCY_MAX_TOKENS,
               "quality": checks, "timings": timings, "cpu": cpu_features(),
               "seconds": round(time.perf_counter() - started, 2),
               "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    routed = from_record(encoder, record, ready)
+    record["backend"] = routed.name
     decision_file = export_cache.entry_dir(name) / "decision.json"
     export_cache.write_json(decision_file, record)
     others = sum(t["others_cpu_s"] for t in timings.values()) / max(timing_s, 1e-9)
@@ -231,7 +249,9 @@ def decide(encoder, gate: QualityGate, sample_size: int, ready: dict | None = No
 def from_record(encoder, record: dict, ready: dict | None = None) -> RoutedBackend:
     ready = dict(ready or {})
     latency = _built(encoder, record["latency"], ready)
-    return RoutedBackend(latency, _built(encoder, record["throughput"], ready))
+    long = record.get("long")
+    return RoutedBackend(latency, _built(encoder, record["throughput"], ready),
+                         exact_long=(lambda: _build(encoder, long)) if long else None)  # built on first use only
 
 
 def cached_choice(encoder, gate: QualityGate, sample_size: int):
@@ -239,7 +259,8 @@ def cached_choice(encoder, gate: QualityGate, sample_size: int):
     name, described = _decision_entry(encoder, gate, sample_size)
     record = export_cache.read_json(export_cache.entry_dir(name) / "decision.json")
     if record is not None and record.get("entry") == described and \
-            record.get("latency") in CONCRETE and record.get("throughput") in CONCRETE:
+            record.get("latency") in CONCRETE and record.get("throughput") in CONCRETE and \
+            record.get("long") in (*EXACT, None):
         try:
             return from_record(encoder, record), record
         except Exception as e:
