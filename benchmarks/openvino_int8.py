@@ -1,9 +1,9 @@
 r"""OpenVINO int8 by NNCF's post-training quantization (static, calibrated on real sentences, its transformer
 preset with SmoothQuant) on the cached ONNX export of all-MiniLM-L6-v2: does it pass the quality gate against
 torch fp32, and how fast is it next to OpenVINO fp32 and onnxruntime (interleaved rounds, medians, other
-processes' CPU recorded)? A probe for the encode-speed issue; bertserve has no such backend unless this wins.
+processes' CPU recorded)? The probe that chose the recipe of `backend="openvino-int8"` (the FFN outputs kept
+fp32); it tries other presets and fp32 sets on its own calibration (the last --calibration sentences of its pool).
 
-    .venv/bin/pip install nncf==3.4.0       # not installed by scripts/setup.sh: only this probe uses it
     PYTHONPATH=. .venv/bin/python benchmarks/openvino_int8.py --ignore '.*/layer\.[0-9]+/output/dense/MatMul'
 """
 from __future__ import annotations
@@ -59,7 +59,7 @@ def main() -> None:
     encoders = {name: Encoder(backend=name, num_threads=args.threads) for name in ("onnx", "openvino")}
     int8 = Encoder(backend="openvino", num_threads=args.threads)
     feeds = calibration_feeds(int8, calibration)
-    quantized = nncf.quantize(ov.Core().read_model(str(int8.backend.onnx_path)), nncf.Dataset(feeds),
+    quantized = nncf.quantize(ov.Core().read_model(str(int8.backend.model_path)), nncf.Dataset(feeds),
                               model_type=nncf.ModelType.TRANSFORMER, subset_size=len(feeds),
                               preset=getattr(nncf.QuantizationPreset, args.preset.upper()),
                               ignored_scope=nncf.IgnoredScope(patterns=[args.ignore]) if args.ignore else None)

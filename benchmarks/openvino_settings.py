@@ -78,7 +78,7 @@ def main() -> None:
         for setting, extra in SETTINGS.items():
             enc = Encoder(backend=backend, num_threads=args.threads)
             b = enc.backend
-            b.compiled = compiled(str(b.onnx_path), b.threads, extra)
+            b.compiled = compiled(str(b.model_path), b.threads, extra)
             b._outputs = [b.compiled.output(o.get_any_name()) for o in b._outputs]
             b._local = threading.local()
             encoders[setting] = enc
@@ -87,7 +87,7 @@ def main() -> None:
             return lambda batch: [enc.encode(batch[s:s + 32]) for s in range(0, len(batch), 32)]
         runs = measure_speed({s: requests_of_32(e) for s, e in encoders.items()}, texts, rounds=args.rounds,
                              latency_texts=30)
-        xml = str(next(iter(encoders.values())).backend.onnx_path)
+        xml = str(next(iter(encoders.values())).backend.model_path)
         for setting, s in summarize_speed(runs).items():
             child = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--memory-child", xml,
                                     setting], capture_output=True, text=True, check=True)

@@ -154,11 +154,11 @@ def test_damaged_cache_entry_is_rebuilt_not_used(tmp_path, chinese_vocab, damage
 @pytest.mark.parametrize("damage", ["garbage-weights", "truncated-graph", "meta"])
 def test_int8_graph_is_quantized_once_then_read_back_and_rebuilt_when_damaged(tmp_path, chinese_vocab, damage):
     folder = save_tiny_bert(tmp_path / "m", chinese_vocab, seed=8)
-    xml = Encoder(folder, backend="openvino-int8").backend.onnx_path  # the quantized IR, beside the export
+    xml = Encoder(folder, backend="openvino-int8").backend.model_path  # the quantized IR, beside the export
     weights, stamp = xml.with_suffix(".bin"), xml.stat().st_mtime_ns
     want = Encoder(folder, backend="torch").encode(ZH)
     again = Encoder(folder, backend="openvino-int8")
-    assert again.backend.onnx_path == xml and xml.stat().st_mtime_ns == stamp  # read back, not quantized again
+    assert again.backend.model_path == xml and xml.stat().st_mtime_ns == stamp  # read back, not quantized again
     if damage == "garbage-weights":  # same size: only the probe sentence can tell
         weights.write_bytes(np.random.default_rng(0).bytes(weights.stat().st_size))
     elif damage == "truncated-graph":
@@ -222,7 +222,8 @@ def expected_choice(timed: dict, key: str, higher: bool) -> str:
 
 
 def test_auto_routes_small_batches_to_the_latency_backend_and_bulk_to_the_throughput_one(tiny_english_bert):
-    from bertserve.encode.backends.selection import EXACT_CANDIDATES, INT8_AVAILABLE, LATENCY_MAX_TOKENS
+    from bertserve.encode.backends.selection import (EXACT_CANDIDATES, INT8_AVAILABLE, LATENCY_MAX_TOKENS,
+                                                     SAMPLE_MAX_LEN)
 
     enc = Encoder(tiny_english_bert, backend="auto", auto_sample=60)
     choice = enc.backend_choice
@@ -240,9 +241,12 @@ def test_auto_routes_small_batches_to_the_latency_backend_and_bulk_to_the_throug
     approximate_chosen = {choice["latency"], choice["throughput"]} - set(EXACT)
     assert (choice["long"] == expected_choice({n: t for n, t in timed.items() if n in EXACT}, "bulk_per_s", True)
             if approximate_chosen else choice["long"] is None)
-    one = torch.ones(1, LATENCY_MAX_TOKENS, dtype=torch.long)
-    assert enc.backend.pick(one).name == choice["latency"]
-    assert enc.backend.pick(torch.ones(2, LATENCY_MAX_TOKENS, dtype=torch.long)).name == choice["throughput"]
+    # within the checked length (SAMPLE_MAX_LEN): by padded size; longer: the exact `long` backend when set
+    rows = LATENCY_MAX_TOKENS // SAMPLE_MAX_LEN
+    assert enc.backend.pick(torch.ones(rows, SAMPLE_MAX_LEN, dtype=torch.long)).name == choice["latency"]
+    assert enc.backend.pick(torch.ones(rows + 1, SAMPLE_MAX_LEN, dtype=torch.long)).name == choice["throughput"]
+    beyond = enc.backend.pick(torch.ones(1, SAMPLE_MAX_LEN + 1, dtype=torch.long)).name
+    assert beyond == (choice["long"] or choice["latency"])
     want = Encoder(tiny_english_bert, backend="torch").encode(EN)
     one_floor = EXACT_MIN_COSINE if choice["latency"] in EXACT else APPROXIMATE[choice["latency"]][1]
     assert row_cosines(enc.encode(EN[:1]), want[:1]).min() >= one_floor  # one sentence: the latency backend

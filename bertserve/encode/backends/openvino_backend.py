@@ -34,15 +34,15 @@ INT8 = "openvino-int8"
 
 
 class OpenVinoBackend:
-    def __init__(self, onnx_path, hidden_indices: tuple[int, ...], need_pooler: bool, use_type_ids: bool,
+    def __init__(self, model_path, hidden_indices: tuple[int, ...], need_pooler: bool, use_type_ids: bool,
                  threads: int, name: str = "openvino"):
         try:
             import openvino as ov
         except ImportError:
             raise BackendUnavailable("backend 'openvino' needs the openvino package (pip install openvino)") from None
         self.hidden_indices, self.need_pooler, self.use_type_ids = hidden_indices, need_pooler, use_type_ids
-        self.onnx_path, self.threads, self.name = onnx_path, threads, name
-        self.use_model(ov.Core().read_model(str(onnx_path)))
+        self.model_path, self.threads, self.name = model_path, threads, name  # ONNX export, or int8 IR
+        self.use_model(ov.Core().read_model(str(model_path)))
 
     def use_model(self, model) -> None:
         """Compile and serve `model`: an openvino.Model with the export's inputs and outputs (e.g. a quantized one)."""
@@ -88,18 +88,20 @@ def _quantize_int8(fp32: OpenVinoBackend, checkpoint, out_xml) -> None:
     from pathlib import Path
 
     from bertserve.encode.backends.sample import covered_sample, padded_batches
+    from bertserve.encode.backends.selection import SAMPLE_MAX_LEN
     from bertserve.models.tokenizer import TextTokenizer
 
-    tokenizer = TextTokenizer(checkpoint.tokenizer, min(128, checkpoint.model_max_len))
+    # calibrated on texts as long as those the gate checks (auto sends longer ones to an exact backend)
+    tokenizer = TextTokenizer(checkpoint.tokenizer, min(SAMPLE_MAX_LEN, checkpoint.model_max_len))
     texts = covered_sample(tokenizer, checkpoint.prompts, *INT8_CALIBRATION)
     feeds = [fp32.feed(*batch) for batch in padded_batches(tokenizer, texts, INT8_CALIBRATION_BATCH)]
     with tempfile.TemporaryDirectory(prefix="bertserve-int8-") as tmp:
         feeds_path = Path(tmp) / "feeds.npz"
         np.savez(feeds_path, **{f"{i}_{k}": v for i, feed in enumerate(feeds) for k, v in feed.items()})
-        done = subprocess.run([sys.executable, "-m", __name__, str(fp32.onnx_path), str(out_xml), str(feeds_path),
+        done = subprocess.run([sys.executable, "-m", __name__, str(fp32.model_path), str(out_xml), str(feeds_path),
                                str(len(feeds))], capture_output=True, text=True, check=False)
     if done.returncode != 0 or not Path(out_xml).is_file():
-        raise RuntimeError(f"NNCF int8 quantization of {fp32.onnx_path} failed: {done.stderr.strip()[-2000:]}")
+        raise RuntimeError(f"NNCF int8 quantization of {fp32.model_path} failed: {done.stderr.strip()[-2000:]}")
 
 
 def _quantize_main(onnx_path: str, out_xml: str, feeds_path: str, count: str) -> None:

@@ -120,18 +120,12 @@ def covered_sample(tokenizer, prompts: dict, english: int, chinese: int, *, offs
 def padded_batches(tokenizer, texts: list[str], batch: int):
     """`texts` as model inputs: (input_ids, attention_mask, token_type_ids) batches of similar length, padded.
     `tokenizer` is a TextTokenizer (its first window of each text: long texts are cut at its max_len)."""
-    import torch
+    from bertserve.engine.collate import pad_batch
 
     windows = sorted(((item.windows[0], item.type_ids[0]) for item in tokenizer(texts)), key=lambda w: len(w[0]))
     out = []
     for start in range(0, len(windows), batch):
-        chunk = windows[start:start + batch]
-        length = max(len(ids) for ids, _ in chunk)
-        input_ids = torch.full((len(chunk), length), tokenizer.pad_id, dtype=torch.long)
-        types = torch.zeros((len(chunk), length), dtype=torch.long)
-        mask = torch.zeros((len(chunk), length), dtype=torch.long)
-        for row, (ids, tids) in enumerate(chunk):
-            input_ids[row, :len(ids)], types[row, :len(tids)], mask[row, :len(ids)] = (
-                torch.tensor(ids), torch.tensor(tids), 1)
-        out.append((input_ids, mask, types))
+        ids, types = zip(*windows[start:start + batch])
+        padded = pad_batch(list(ids), tokenizer.pad_id, list(types))
+        out.append((padded["input_ids"], padded["attention_mask"], padded["token_type_ids"]))
     return out

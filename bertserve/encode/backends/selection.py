@@ -220,10 +220,9 @@ def decide(encoder, gate: QualityGate, sample_size: int, ready: dict | None = No
         timings = _timings({n: ready[n] for n in passed},
                            _batches(encoder, sample[:TIMED_SENTENCES]), singles, encoder.use_type_ids)
         timing_s = time.perf_counter() - timing_started
-    chosen = {"latency": _fastest(timings, [n for n in candidates["latency"] if n in passed], "single_ms",
-                                  higher=False) if timings else "onnx",
-              "throughput": _fastest(timings, [n for n in candidates["throughput"] if n in passed], "bulk_per_s",
-                                     higher=True) if timings else "onnx"}
+    # both roles share the candidates (plan()): each picks among those that passed and were timed
+    chosen = {"latency": _fastest(timings, passed, "single_ms", higher=False) if timings else "onnx",
+              "throughput": _fastest(timings, passed, "bulk_per_s", higher=True) if timings else "onnx"}
     exact = [n for n in timings if n in EXACT]
     chosen["long"] = (max(exact, key=lambda n: timings[n]["bulk_per_s"]) if exact else "onnx") \
         if {chosen["latency"], chosen["throughput"]} - set(EXACT) else None
