@@ -59,6 +59,7 @@ class Size:
     eval_every: int = 50
     threads: int = 2         # 1 on a shared machine
     zh_vocab: str = "chars"  # the Chinese student's vocabulary: "chars" (bert-base-chinese) or "trimmed" (e5's, cut)
+    relation_weight: float = 0.0  # EmbeddingDistillConfig.relation_weight (the neighbourhood term)
 
 
 SIZES = {
@@ -117,7 +118,7 @@ def run_english(size: Size, work: Path, results: Path) -> dict:
     teacher = Encoder(None)
     config = EmbeddingDistillConfig(out=str(work / "en-student"), texts=(str(_write_lines(work / "en.txt", corpus)),),
                                     student="bert:layers=3", heldout=size.heldout, epochs=size.epochs,
-                                    lr=size.lr or 1e-4, eval_every=size.eval_every,
+                                    lr=size.lr or 1e-4, eval_every=size.eval_every, relation_weight=size.relation_weight,
                                     cache_dir=str(HERE / ".cache" / "teacher-vectors"), threads=size.threads)
     distiller, student, timing = _distill("en", config, teacher)
     peer = Encoder(minilm_l3_path())
@@ -150,6 +151,7 @@ def run_chinese(size: Size, work: Path, results: Path) -> dict:
                                     student_vocab=str(vocab) if size.zh_vocab == "chars" else None,
                                     trim_vocab=size.zh_vocab == "trimmed",
                                     heldout=size.heldout, epochs=size.epochs, lr=size.lr or 2e-4,
+                                    relation_weight=size.relation_weight,
                                     eval_every=size.eval_every,
                                     cache_dir=str(HERE / ".cache" / "teacher-vectors"), threads=size.threads)
     distiller, student, timing = _distill("zh", config, teacher)
@@ -238,10 +240,12 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, help="torch threads (default 2; 1 on a shared machine)")
     p.add_argument("--zh-vocab", choices=("chars", "trimmed"),
                    help="Chinese student's vocabulary: bert-base-chinese characters (default) or e5's own, trimmed")
+    p.add_argument("--relation-weight", type=float, help="weight of the students' neighbourhood term")
     args = p.parse_args(argv)
     overrides = {k: v for k, v in (("train_texts", args.train_texts), ("epochs", args.epochs), ("lr", args.lr),
                                    ("rounds", args.rounds), ("eval_every", args.eval_every),
-                                   ("threads", args.threads), ("zh_vocab", args.zh_vocab)) if v is not None}
+                                   ("threads", args.threads), ("zh_vocab", args.zh_vocab),
+                                   ("relation_weight", args.relation_weight)) if v is not None}
     size, work, results = replace(SIZES[args.size], **overrides), Path(args.work), Path(args.results)
     torch.set_num_threads(size.threads)
     results.mkdir(parents=True, exist_ok=True)

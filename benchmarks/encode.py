@@ -33,7 +33,7 @@ from bertserve import Encoder  # noqa: E402
 from bertserve.encode.backends import QualityGate  # noqa: E402
 from bertserve.encode.backends.bf16 import native_bf16  # noqa: E402
 from bertserve.encode.backends.selection import INT8_AVAILABLE  # noqa: E402
-from bertserve.machine_load import Meter, rss_mib  # noqa: E402
+from bertserve.machine_load import Meter, describe_machine, rss_mib  # noqa: E402
 from bertserve.encode.backends.quality import measure_quality  # noqa: E402
 from bertserve.encode.backends.sample import english_sentences  # noqa: E402
 from bertserve.models import default_model_path  # noqa: E402
@@ -195,7 +195,7 @@ def main() -> None:
         described = f"{len(texts)} real English sentences (Lee background + Wikipedia sample), model all-MiniLM-L6-v2"
     suffix = "" if args.corpus == "en" else f"-{args.corpus}"
     report = [f"# benchmarks/encode.py, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-              f"machine: {platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, torch {torch.__version__}",
+              f"machine: {describe_machine()}, {args.threads} threads, torch {torch.__version__}",
               f"corpus: {described}",
               describe_lengths(token_lengths(model, texts))]
     print("\n".join(report), flush=True)

@@ -239,8 +239,14 @@ def test_auto_routes_small_batches_to_the_latency_backend_and_bulk_to_the_throug
     assert choice["throughput"] == expected_choice(timed, "bulk_per_s", higher=True)
     assert choice["cpu"]["avx512_bf16"] == ("avx512_bf16" in open("/proc/cpuinfo").read())  # read, not assumed
     approximate_chosen = {choice["latency"], choice["throughput"]} - set(EXACT)
-    assert (choice["long"] == expected_choice({n: t for n, t in timed.items() if n in EXACT}, "bulk_per_s", True)
-            if approximate_chosen else choice["long"] is None)
+    if approximate_chosen and enc.checkpoint.model_max_len > SAMPLE_MAX_LEN:
+        # long texts: the approximate backends that passed are checked again on long texts; the eligible are timed
+        assert set(choice["long_quality"]) == {n for n in timed if n not in EXACT}
+        assert set(choice["long_timings"]) == set(EXACT_CANDIDATES) | {
+            n for n, c in choice["long_quality"].items() if c["passed"]}
+        assert choice["long"] == expected_choice(choice["long_timings"], "long_per_s", True)
+    else:
+        assert choice["long"] is None and not choice["long_timings"]
     # within the checked length (SAMPLE_MAX_LEN): by padded size; longer: the exact `long` backend when set
     rows = LATENCY_MAX_TOKENS // SAMPLE_MAX_LEN
     assert enc.backend.pick(torch.ones(rows, SAMPLE_MAX_LEN, dtype=torch.long)).name == choice["latency"]
@@ -257,9 +263,27 @@ def test_auto_routes_small_batches_to_the_latency_backend_and_bulk_to_the_throug
     assert again.info()["backend"] == choice["backend"]
 
 
-def test_batches_longer_than_the_checked_sample_go_to_the_exact_backend():
+def test_long_role_checks_approximate_backends_again_on_long_texts():
+    """Approximate backends that passed on sentences are checked again on texts of the model's full length; only
+    those passing there too (and the exact ones) are timed for the long role."""
+    from bertserve.encode.backends.sample import english_sentences
+    from bertserve.encode.backends.selection import LONG_CHECK_TEXTS, _build, _long_batches, _long_role
+
+    enc = Encoder(backend="torch")  # the default model: 512 positions
+    batches = _long_batches(enc, english_sentences(120, offset=400))
+    assert sum(len(b[0]) for b in batches) == LONG_CHECK_TEXTS and all(b[0].shape[1] == 512 for b in batches)
+    assert len({tuple(b[0][0, 1:20].tolist()) for b in batches}) == len(batches)  # different texts
+    ready = {n: _build(enc, n) for n in ("torch", "onnx", "onnx-int8")}
+    strict = QualityGate(mean_cosine=0.99999, min_cosine=0.9999, top10_overlap=1.0)  # int8 cannot pass this
+    checks, timings = _long_role(enc, ready, ["torch", "onnx", "onnx-int8"], batches, strict)
+    assert set(checks) == {"onnx-int8"} and not checks["onnx-int8"]["passed"]
+    assert 0.9 < checks["onnx-int8"]["mean_cosine"] < 0.99999
+    assert set(timings) == {"torch", "onnx"} and all(t["long_per_s"] > 0 for t in timings.values())
+
+
+def test_batches_longer_than_the_checked_sample_go_to_the_long_backend():
     """The gate checks approximate backends on sentences of up to SAMPLE_MAX_LEN tokens; longer batches go to
-    the exact backend, built once, on the first of them."""
+    the long backend (here an exact one), built once, on the first of them."""
     from bertserve.encode.backends.selection import SAMPLE_MAX_LEN, RoutedBackend
 
     approximate = Encoder(backend="onnx-int8").backend  # the default model: 512 positions
@@ -268,7 +292,7 @@ def test_batches_longer_than_the_checked_sample_go_to_the_exact_backend():
     def exact():
         built.append(Encoder(backend="torch").backend)
         return built[-1]
-    routed = RoutedBackend(approximate, approximate, exact_long=exact)
+    routed = RoutedBackend(approximate, approximate, long=exact)
     assert routed.pick(torch.ones(1, 12, dtype=torch.long)) is approximate and not built  # nothing built early
     assert routed.pick(torch.ones(32, SAMPLE_MAX_LEN, dtype=torch.long)) is approximate
     assert routed.pick(torch.ones(1, SAMPLE_MAX_LEN + 1, dtype=torch.long)) is built[0]

@@ -16,7 +16,7 @@ from bertserve.distill.embed_export import save_student
 from bertserve.distill.embed_report import agreement
 from bertserve.evaluation import lee_background_sentences, similarity_sets
 from bertserve.distill.embedding import (EmbeddingDistillConfig, EmbeddingDistiller, StudentHead, embedding_loss,
-                                         read_parallel, teacher_vectors)
+                                         read_parallel, relation_loss, teacher_vectors)
 
 
 def _pkg(name):
@@ -59,6 +59,33 @@ def test_mse_and_cosine_loss_match_hand_computed_values():
     assert embedding_loss(s, t, cosine_weight=2.0).item() == pytest.approx(0.5 + (1 - 2 ** -0.5), rel=1e-6)
     with pytest.raises(ValueError, match="differ"):
         embedding_loss(s, t[:, :1])
+
+
+def test_relation_loss_is_the_kl_of_neighbour_distributions():
+    g = torch.Generator().manual_seed(0)
+    t, bank = torch.randn(4, 8, generator=g), torch.randn(16, 8, generator=g)
+    assert relation_loss(t * 3.0, t, bank, 0.1).item() == pytest.approx(0.0, abs=1e-6)  # cosines ignore scale
+    s = t + 0.5 * torch.randn(4, 8, generator=g)
+
+    def probs(x):
+        cos = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (bank / np.linalg.norm(bank, axis=1, keepdims=True)).T.numpy()
+        e = np.exp(cos / 0.1 - (cos / 0.1).max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+    p, q = probs(t.numpy()), probs(s.numpy())
+    expected = float(np.mean(np.sum(p * np.log(p / q), axis=1)))
+    assert relation_loss(s, t, bank, 0.1).item() == pytest.approx(expected, rel=1e-4)
+    assert expected > 0.01
+
+
+def test_relation_term_trains_and_bad_settings_are_refused(tmp_path, corpus, teacher):
+    distiller = EmbeddingDistiller(_config(tmp_path, corpus, relation_weight=1.0, relation_bank=32),
+                                   teacher_encoder=teacher)
+    history = distiller.train(log=lambda s: None)
+    assert history.steps and np.isfinite(history.train_loss).all()
+    for bad in (dict(relation_weight=-1.0), dict(relation_weight=1.0, relation_temperature=0.0),
+                dict(relation_weight=1.0, relation_bank=0)):
+        with pytest.raises(ValueError, match="relation term"):
+            EmbeddingDistiller(_config(tmp_path, corpus, **bad), teacher_encoder=teacher)
 
 
 def test_agreement_is_one_for_identical_vectors_and_lower_for_noise():

@@ -40,6 +40,11 @@ def add_embedding_arguments(parser: argparse.ArgumentParser) -> None:
     add("--teacher-prefix", default=None, help="text prepended for the teacher only (e5 models: 'query: ')")
     add("--no-projection", action="store_true", help="fail instead of adding a projection when widths differ")
     add("--cosine-weight", type=float, default=None, help="weight of an extra (1 - cosine) loss term (default 0)")
+    add("--relation-weight", type=float, default=None,
+        help="weight of the neighbourhood term: KL between the teacher's and the student's softmax similarities "
+             "to a bank of teacher vectors (default 0)")
+    add("--relation-temperature", type=float, default=None, help="softmax temperature of that term (default 0.05)")
+    add("--relation-bank", type=int, default=None, help="teacher vectors drawn per step for that term (default 1024)")
     add("--epochs", type=float, default=None)
     add("--batch-size", type=int, default=None)
     add("--lr", type=float, default=None)

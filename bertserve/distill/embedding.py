@@ -84,6 +84,21 @@ def embedding_loss(student: torch.Tensor, teacher: torch.Tensor, cosine_weight: 
     return loss
 
 
+def relation_loss(student: torch.Tensor, teacher: torch.Tensor, bank: torch.Tensor,
+                  temperature: float) -> torch.Tensor:
+    """KL(teacher || student) of each row's softmax cosine similarity to ``bank`` (teacher vectors of other texts).
+
+    MSE pulls each vector to its target on its own; which texts are a text's nearest neighbours depends on the
+    small differences between similarities that MSE weighs no more than any other direction. This term compares
+    the neighbour distributions themselves, at no extra forward pass: the bank holds precomputed teacher vectors.
+    """
+    bank = nn.functional.normalize(bank, dim=-1)
+    t_logits = nn.functional.normalize(teacher, dim=-1) @ bank.T / temperature
+    s_logits = nn.functional.normalize(student, dim=-1) @ bank.T / temperature
+    return nn.functional.kl_div(s_logits.log_softmax(-1), t_logits.log_softmax(-1), log_target=True,
+                                reduction="batchmean")
+
+
 class StudentHead(nn.Module):
     """Pooling (the teacher's strategy), optional projection, optional normalization: what export writes out."""
 
@@ -169,6 +184,10 @@ class EmbeddingDistiller:
         from bertserve import Encoder
 
         self.config = config
+        if config.relation_weight < 0 or (config.relation_weight and (config.relation_temperature <= 0
+                                                                      or config.relation_bank < 1)):
+            raise BadInput(f"relation term: weight {config.relation_weight} must be >= 0, and when it is on the "
+                           f"temperature ({config.relation_temperature}) > 0 and the bank ({config.relation_bank}) >= 1")
         if config.threads:
             torch.set_num_threads(config.threads)
         self.teacher = teacher_encoder or Encoder(model=config.teacher, max_seq_len=config.max_seq_len)
@@ -239,6 +258,7 @@ class EmbeddingDistiller:
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
         rng = random.Random(cfg.seed)
+        bank_rng = torch.Generator().manual_seed(cfg.seed)
         order: list[int] = []
         start = time.perf_counter()
         self._record_eval(0)
@@ -250,7 +270,11 @@ class EmbeddingDistiller:
             idx, order = order[: cfg.batch_size], order[cfg.batch_size:]
             self.student.train()
             pred = self.embed([self.examples[i][0] for i in idx])
-            loss = embedding_loss(pred, self.targets[[self.examples[i][1] for i in idx]], cfg.cosine_weight)
+            target = self.targets[[self.examples[i][1] for i in idx]]
+            loss = embedding_loss(pred, target, cfg.cosine_weight)
+            if cfg.relation_weight:
+                bank = self.targets[torch.randint(len(self.targets), (cfg.relation_bank,), generator=bank_rng)]
+                loss = loss + cfg.relation_weight * relation_loss(pred, target, bank, cfg.relation_temperature)
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(params, 1.0)

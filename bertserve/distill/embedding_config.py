@@ -19,6 +19,11 @@ class EmbeddingDistillConfig:
     teacher_prefix: str = ""                 # prepended for the teacher only (e5: "query: ")
     allow_projection: bool = True
     cosine_weight: float = 0.0
+    # Neighbourhood term: each student vector's softmax similarity to a bank of teacher vectors of other
+    # training texts is pulled to the teacher's own (KL divergence); 0 turns it off.
+    relation_weight: float = 0.0
+    relation_temperature: float = 0.05
+    relation_bank: int = 1024                # teacher vectors per step compared against (drawn afresh each step)
     epochs: float = 1.0
     batch_size: int = 32
     lr: float = 1e-4

@@ -6,6 +6,8 @@ concrete backends, chosen per batch by its padded size (rows x length):
 
   up to LATENCY_MAX_TOKENS   latency backend: the fastest on one sentence
   above                      throughput backend: the fastest on batches of 32
+  longer than SAMPLE_MAX_LEN long backend (only when an approximate one was chosen): the fastest on long texts
+                             of those that pass the gate on them too
 
 Both roles choose among the same candidates: the exact ones (torch fp32, onnx fp32, OpenVINO fp32 where the
 package is installed) and the approximate ones that pass the quality gate for this model: bf16 where the CPU
@@ -45,12 +47,19 @@ from bertserve.models.tokenizer import TextTokenizer
 log = logging.getLogger(__name__)
 
 SAMPLE_OFFSET = 400  # the first 300 sentences calibrate openvino-int8: the gate is checked on others
-DECISION_FORMAT = 7  # 7: texts longer than the checked sample on an exact backend; 6: openvino-int8 a candidate
+# 8: the long role checked on long texts and timed on them; 7: texts longer than the checked sample on an exact
+# backend; 6: openvino-int8 a candidate
+DECISION_FORMAT = 8
 # Token limit of the checked sentences (they are short: this cuts only outliers). Batches longer than this go to
-# the fastest exact backend when an approximate one was chosen: the gate says nothing about them, and on
+# the `long` backend when an approximate one was chosen: the gate on sentences says nothing about them, and on
 # all-MiniLM-L6-v2 openvino-int8 (calibrated and checked on sentences) fell to top-10 overlap 0.940 at 256 tokens
-# and 0.916 at 512 (benchmarks/encode.py, 2026-12-02 16:29 UTC), where bf16 kept 0.999 / 0.997.
+# and 0.916 at 512 (benchmarks/encode.py, 2026-12-02 16:29 UTC), where bf16 kept 0.999 / 0.997. So the long role
+# picks among the exact backends and the approximate ones that pass the gate again on LONG_CHECK_TEXTS texts of
+# the model's full length (at most LONG_CHECK_MAX_LEN tokens), timed on those texts: on an AMX Xeon bf16 ran
+# 512-token texts at 1.63x sentence-transformers where the fastest exact backend ran 1.07x (2026-12-02 20:10 UTC).
 SAMPLE_MAX_LEN = 128
+LONG_CHECK_TEXTS = 16  # two batches of 8 x 512 tokens: the check and the timing cost ~20 s together
+LONG_CHECK_MAX_LEN = 512
 BATCH = 32
 # A batch of at most this many padded tokens goes to the latency backend: one sentence (~10-30 tokens) or a
 # server queue window of a few short requests; a bulk batch of 32 sentences is ~500-1000 tokens.
@@ -84,15 +93,18 @@ def plan() -> dict[str, list[str]]:
     return {role: [*EXACT_CANDIDATES, *approximate] for role in ("latency", "throughput")}
 
 
+def _runner(backend, use_type_ids: bool):
+    """A function running `backend` over padded batches, as measure_speed calls it."""
+    def run(batches):
+        with torch.no_grad():
+            for input_ids, mask, types in batches:
+                backend.forward(input_ids, mask, types if use_type_ids else None)
+    return run
+
+
 def _timings(backends: dict, bulk: list, singles: list, use_type_ids: bool) -> dict:
     """name -> {"bulk_per_s": median sentences/s, "single_ms": median ms per one-sentence call, others' CPU s}."""
-    def runner(backend):
-        def run(batches):
-            with torch.no_grad():
-                for input_ids, mask, types in batches:
-                    backend.forward(input_ids, mask, types if use_type_ids else None)
-        return run
-    runs = {name: runner(b) for name, b in backends.items()}
+    runs = {name: _runner(b, use_type_ids) for name, b in backends.items()}
     for run in runs.values():
         run(bulk)
         run(singles)
@@ -115,23 +127,23 @@ def _fastest(timings: dict, names: list[str], key: str, higher: bool) -> str:
 
 
 class RoutedBackend:
-    """Backends computing the same outputs; each batch goes to one of them by its padded size. `exact_long`
-    (a function building the exact backend, called once on the first such batch) takes the batches longer than
+    """Backends computing the same outputs; each batch goes to one of them by its padded size. `long`
+    (a function giving the long-text backend, called once on the first such batch) takes the batches longer than
     the sample the gate was checked on, where an approximate backend is unchecked."""
 
-    def __init__(self, latency, throughput, max_latency_tokens: int = LATENCY_MAX_TOKENS, exact_long=None,
+    def __init__(self, latency, throughput, max_latency_tokens: int = LATENCY_MAX_TOKENS, long=None,
                  max_checked_len: int = SAMPLE_MAX_LEN):
         self.latency, self.throughput, self.max_latency_tokens = latency, throughput, max_latency_tokens
         self.hidden_indices, self.need_pooler = latency.hidden_indices, latency.need_pooler
         self.name = latency.name if latency is throughput else f"{latency.name}/{throughput.name}"
-        self._exact_long, self._long, self.max_checked_len = exact_long, None, max_checked_len
+        self._make_long, self._long, self.max_checked_len = long, None, max_checked_len
         self._long_lock = threading.Lock()
 
     def pick(self, input_ids: torch.Tensor):
-        if self._exact_long is not None and input_ids.shape[1] > self.max_checked_len:
+        if self._make_long is not None and input_ids.shape[1] > self.max_checked_len:
             with self._long_lock:
                 if self._long is None:
-                    self._long = self._exact_long()
+                    self._long = self._make_long()
             return self._long
         return self.latency if input_ids.numel() <= self.max_latency_tokens else self.throughput
 
@@ -174,6 +186,33 @@ def _batches(encoder, texts: list[str], batch: int = BATCH):
     return padded_batches(tokenizer, texts, batch)
 
 
+def _long_batches(encoder, sample: list[str]):
+    """LONG_CHECK_TEXTS texts of the model's full length (at most LONG_CHECK_MAX_LEN tokens), or None where the
+    model's limit is within the checked length: each text is the sample joined from another starting sentence."""
+    max_len = min(LONG_CHECK_MAX_LEN, encoder.checkpoint.model_max_len)
+    if max_len <= SAMPLE_MAX_LEN:
+        return None
+    step = max(1, len(sample) // LONG_CHECK_TEXTS)
+    texts = [" ".join(sample[i * step:] + sample[: i * step]) for i in range(LONG_CHECK_TEXTS)]
+    return padded_batches(TextTokenizer(encoder.checkpoint.tokenizer, max_len), texts, max(1, 4096 // max_len))
+
+
+def _long_role(encoder, ready: dict, passed: list[str], long_batches, gate: QualityGate) -> tuple[dict, dict]:
+    """(quality of each passed approximate backend on long texts, long texts/s of every eligible backend)."""
+    approximates = [n for n in passed if n not in EXACT]
+    reference = _sample_vectors(encoder, ready["torch"], long_batches).numpy()
+    checks = {}
+    for name in approximates:
+        quality = measure_quality(reference, _sample_vectors(encoder, ready[name], long_batches).numpy())
+        checks[name] = {**quality.to_dict(), "passed": quality.passes(gate)}
+    eligible = [n for n in passed if n in EXACT or checks[n]["passed"]]
+    speed = measure_speed({n: _runner(ready[n], encoder.use_type_ids) for n in eligible}, long_batches,
+                          rounds=3, latency_texts=0)
+    texts = sum(len(b[0]) for b in long_batches)
+    return checks, {n: {"long_per_s": round(texts / len(long_batches) * statistics.median(speed[n]["texts_per_s"]), 2),
+                        "others_cpu_s": round(sum(speed[n]["other_cpu_s"]), 2)} for n in eligible}
+
+
 def _built(encoder, name: str, ready: dict):
     """`name` built (once per decision), or torch fp32 where it cannot be built here (an exporter error)."""
     if name not in ready:
@@ -196,7 +235,7 @@ def decide(encoder, gate: QualityGate, sample_size: int, ready: dict | None = No
         _built(encoder, exact, ready)
     if on_latency is not None:
         on_latency(RoutedBackend(ready["onnx"], ready["onnx"]))
-    checks, timings, timing_s = {}, {}, 0.0
+    checks, timings, timing_s, long_checks, long_timings, long_batches = {}, {}, 0.0, {}, {}, None
     try:
         sample = english_sentences(sample_size, offset=SAMPLE_OFFSET)
     except SampleUnavailable as e:
@@ -220,15 +259,18 @@ def decide(encoder, gate: QualityGate, sample_size: int, ready: dict | None = No
         timings = _timings({n: ready[n] for n in passed},
                            _batches(encoder, sample[:TIMED_SENTENCES]), singles, encoder.use_type_ids)
         timing_s = time.perf_counter() - timing_started
+        long_batches = _long_batches(encoder, sample)
     # both roles share the candidates (plan()): each picks among those that passed and were timed
     chosen = {"latency": _fastest(timings, passed, "single_ms", higher=False) if timings else "onnx",
               "throughput": _fastest(timings, passed, "bulk_per_s", higher=True) if timings else "onnx"}
-    exact = [n for n in timings if n in EXACT]
-    chosen["long"] = (max(exact, key=lambda n: timings[n]["bulk_per_s"]) if exact else "onnx") \
-        if {chosen["latency"], chosen["throughput"]} - set(EXACT) else None
+    chosen["long"] = None  # all exact, or a model no longer than the checked sentences: nothing to reroute
+    if {chosen["latency"], chosen["throughput"]} - set(EXACT) and long_batches is not None:
+        long_checks, long_timings = _long_role(encoder, ready, passed, long_batches, gate)
+        chosen["long"] = _fastest(long_timings, list(long_timings), "long_per_s", higher=True)
     record = {"entry": described, "latency": chosen["latency"], "throughput": chosen["throughput"],
               "long": chosen["long"], "max_checked_len": SAMPLE_MAX_LEN, "max_latency_tokens": LATENCY_MAX_TOKENS,
-              "quality": checks, "timings": timings, "cpu": cpu_features(),
+              "quality": checks, "timings": timings, "long_quality": long_checks, "long_timings": long_timings,
+              "cpu": cpu_features(),
               "seconds": round(time.perf_counter() - started, 2),
               "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     routed = from_record(encoder, record, ready)
@@ -240,8 +282,9 @@ def decide(encoder, gate: QualityGate, sample_size: int, ready: dict | None = No
         log.warning("auto: other processes kept %.2f cores busy while backends were timed, so %s may not be the "
                     "fastest on a quiet machine; delete %s to decide again, or force a backend",
                     others, routed.name, decision_file.parent)
-    log.info("auto: %s for batches up to %d tokens, %s above, for %s (timed: %s)", record["latency"],
-             LATENCY_MAX_TOKENS, record["throughput"], encoder.checkpoint.path, timings)
+    log.info("auto: %s for batches up to %d tokens, %s above, %s for texts over %d tokens, for %s (timed: %s; "
+             "long texts: %s)", record["latency"], LATENCY_MAX_TOKENS, record["throughput"], record["long"],
+             SAMPLE_MAX_LEN, encoder.checkpoint.path, timings, long_timings)
     return routed, record
 
 
@@ -249,8 +292,9 @@ def from_record(encoder, record: dict, ready: dict | None = None) -> RoutedBacke
     ready = dict(ready or {})
     latency = _built(encoder, record["latency"], ready)
     long = record.get("long")
+    # the long backend is built on first use, or is one of the two already built
     return RoutedBackend(latency, _built(encoder, record["throughput"], ready),
-                         exact_long=(lambda: _build(encoder, long)) if long else None)  # built on first use only
+                         long=(lambda: _built(encoder, long, ready)) if long else None)
 
 
 def cached_choice(encoder, gate: QualityGate, sample_size: int):
@@ -259,7 +303,7 @@ def cached_choice(encoder, gate: QualityGate, sample_size: int):
     record = export_cache.read_json(export_cache.entry_dir(name) / "decision.json")
     if record is not None and record.get("entry") == described and \
             record.get("latency") in CONCRETE and record.get("throughput") in CONCRETE and \
-            record.get("long") in (*EXACT, None):
+            record.get("long") in (*CONCRETE, None):
         try:
             return from_record(encoder, record), record
         except Exception as e:
