@@ -207,8 +207,10 @@ def main() -> None:
     if short["auto_choice"]:
         choice = short["auto_choice"]
         report.append(f"auto: {choice.get('latency')} for batches up to {choice.get('max_latency_tokens')} tokens, "
-                      f"{choice.get('throughput')} above; decided in {choice.get('seconds')} s in the background; "
-                      f"quality checks: {choice.get('quality')}; CPU: {choice.get('cpu')}")
+                      f"{choice.get('throughput')} above, {choice.get('long')} for texts over "
+                      f"{choice.get('max_checked_len')} tokens; decided in {choice.get('seconds')} s in the background; "
+                      f"quality checks: {choice.get('quality')}; on long texts: {choice.get('long_quality')}, "
+                      f"{choice.get('long_timings')}; CPU: {choice.get('cpu')}")
     results = {"short": short}
     for max_len in (256, 512) if args.long_texts and args.corpus == "en" else ():
         docs = long_texts(args.long_texts, int(max_len * 0.9))

@@ -58,8 +58,10 @@ DECISION_FORMAT = 8
 # the model's full length (at most LONG_CHECK_MAX_LEN tokens), timed on those texts: on an AMX Xeon bf16 ran
 # 512-token texts at 1.63x sentence-transformers where the fastest exact backend ran 1.07x (2026-12-02 20:10 UTC).
 SAMPLE_MAX_LEN = 128
-LONG_CHECK_TEXTS = 16  # two batches of 8 x 512 tokens: the check and the timing cost ~20 s together
+LONG_CHECK_TEXTS = 16  # the check and the timing took 38 s together on the 2-core Xeon VM
 LONG_CHECK_MAX_LEN = 512
+# rows per long batch: one Encoder after its first decision held 3,338 MiB with 8 rows of 512, 1,893 MiB with 2
+LONG_CHECK_BATCH = 2
 BATCH = 32
 # A batch of at most this many padded tokens goes to the latency backend: one sentence (~10-30 tokens) or a
 # server queue window of a few short requests; a bulk batch of 32 sentences is ~500-1000 tokens.
@@ -194,7 +196,7 @@ def _long_batches(encoder, sample: list[str]):
         return None
     step = max(1, len(sample) // LONG_CHECK_TEXTS)
     texts = [" ".join(sample[i * step:] + sample[: i * step]) for i in range(LONG_CHECK_TEXTS)]
-    return padded_batches(TextTokenizer(encoder.checkpoint.tokenizer, max_len), texts, max(1, 4096 // max_len))
+    return padded_batches(TextTokenizer(encoder.checkpoint.tokenizer, max_len), texts, LONG_CHECK_BATCH)
 
 
 def _long_role(encoder, ready: dict, passed: list[str], long_batches, gate: QualityGate) -> tuple[dict, dict]:
