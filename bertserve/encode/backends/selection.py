@@ -110,10 +110,9 @@ def _timings(backends: dict, bulk: list, singles: list, use_type_ids: bool) -> d
     for run in runs.values():
         run(bulk)
         run(singles)
-    sentences = sum(len(b[0]) for b in bulk)
     bulk_speed = measure_speed(runs, bulk, rounds=TIMING_ROUNDS, latency_texts=0)
     single_speed = measure_speed(runs, singles, rounds=TIMING_ROUNDS, latency_texts=0)
-    return {name: {"bulk_per_s": round(sentences / len(bulk) * statistics.median(bulk_speed[name]["texts_per_s"]), 1),
+    return {name: {"bulk_per_s": round(_texts_per_s(bulk_speed[name], bulk), 1),
                    "single_ms": round(1000 / statistics.median(single_speed[name]["texts_per_s"]), 3),
                    "others_cpu_s": round(sum(bulk_speed[name]["other_cpu_s"] + single_speed[name]["other_cpu_s"]), 2)}
             for name in backends}
@@ -188,6 +187,17 @@ def _batches(encoder, texts: list[str], batch: int = BATCH):
     return padded_batches(tokenizer, texts, batch)
 
 
+def _gate_check(encoder, reference, backend, batches, gate: QualityGate) -> dict:
+    """`backend`'s quality against the reference vectors on `batches`, and whether it passes the gate."""
+    quality = measure_quality(reference, _sample_vectors(encoder, backend, batches).numpy())
+    return {**quality.to_dict(), "passed": quality.passes(gate)}
+
+
+def _texts_per_s(speed: dict, batches: list) -> float:
+    """Median texts/s of one measure_speed result whose items were `batches`."""
+    return sum(len(b[0]) for b in batches) / len(batches) * statistics.median(speed["texts_per_s"])
+
+
 def _long_batches(encoder, sample: list[str]):
     """LONG_CHECK_TEXTS texts of the model's full length (at most LONG_CHECK_MAX_LEN tokens), or None where the
     model's limit is within the checked length: each text is the sample joined from another starting sentence."""
@@ -195,23 +205,30 @@ def _long_batches(encoder, sample: list[str]):
     if max_len <= SAMPLE_MAX_LEN:
         return None
     step = max(1, len(sample) // LONG_CHECK_TEXTS)
-    texts = [" ".join(sample[i * step:] + sample[: i * step]) for i in range(LONG_CHECK_TEXTS)]
+    texts = [_joined(sample[i * step:] + sample[: i * step], max_len) for i in range(LONG_CHECK_TEXTS)]
     return padded_batches(TextTokenizer(encoder.checkpoint.tokenizer, max_len), texts, LONG_CHECK_BATCH)
+
+
+def _joined(sentences: list[str], words: int) -> str:
+    """The first sentences joined until they hold `words` words (each word is at least one token), or all."""
+    picked, count = [], 0
+    for sentence in sentences:
+        picked.append(sentence)
+        count += len(sentence.split())
+        if count >= words:
+            break
+    return " ".join(picked)
 
 
 def _long_role(encoder, ready: dict, passed: list[str], long_batches, gate: QualityGate) -> tuple[dict, dict]:
     """(quality of each passed approximate backend on long texts, long texts/s of every eligible backend)."""
     approximates = [n for n in passed if n not in EXACT]
     reference = _sample_vectors(encoder, ready["torch"], long_batches).numpy()
-    checks = {}
-    for name in approximates:
-        quality = measure_quality(reference, _sample_vectors(encoder, ready[name], long_batches).numpy())
-        checks[name] = {**quality.to_dict(), "passed": quality.passes(gate)}
+    checks = {name: _gate_check(encoder, reference, ready[name], long_batches, gate) for name in approximates}
     eligible = [n for n in passed if n in EXACT or checks[n]["passed"]]
     speed = measure_speed({n: _runner(ready[n], encoder.use_type_ids) for n in eligible}, long_batches,
                           rounds=3, latency_texts=0)
-    texts = sum(len(b[0]) for b in long_batches)
-    return checks, {n: {"long_per_s": round(texts / len(long_batches) * statistics.median(speed[n]["texts_per_s"]), 2),
+    return checks, {n: {"long_per_s": round(_texts_per_s(speed[n], long_batches), 2),
                         "others_cpu_s": round(sum(speed[n]["other_cpu_s"]), 2)} for n in eligible}
 
 
@@ -237,7 +254,7 @@ def decide(encoder, gate: QualityGate, sample_size: int, ready: dict | None = No
         _built(encoder, exact, ready)
     if on_latency is not None:
         on_latency(RoutedBackend(ready["onnx"], ready["onnx"]))
-    checks, timings, timing_s, long_checks, long_timings, long_batches = {}, {}, 0.0, {}, {}, None
+    checks, timings, timing_s, long_checks, long_timings = {}, {}, 0.0, {}, {}
     try:
         sample = english_sentences(sample_size, offset=SAMPLE_OFFSET)
     except SampleUnavailable as e:
@@ -252,8 +269,7 @@ def decide(encoder, gate: QualityGate, sample_size: int, ready: dict | None = No
             if candidate.name != approximate:  # it did not build here (logged): torch stands in, not a candidate
                 checks[approximate] = {"passed": False, "reason": "does not build here"}
                 continue
-            quality = measure_quality(reference, _sample_vectors(encoder, candidate, batches).numpy())
-            checks[approximate] = {**quality.to_dict(), "passed": quality.passes(gate)}
+            checks[approximate] = _gate_check(encoder, reference, candidate, batches, gate)
             if checks[approximate]["passed"]:  # never trade accuracy the gate does not allow
                 passed.append(approximate)
         singles = _batches(encoder, sample[:TIMED_SINGLES], batch=1)
@@ -261,12 +277,12 @@ def decide(encoder, gate: QualityGate, sample_size: int, ready: dict | None = No
         timings = _timings({n: ready[n] for n in passed},
                            _batches(encoder, sample[:TIMED_SENTENCES]), singles, encoder.use_type_ids)
         timing_s = time.perf_counter() - timing_started
-        long_batches = _long_batches(encoder, sample)
     # both roles share the candidates (plan()): each picks among those that passed and were timed
     chosen = {"latency": _fastest(timings, passed, "single_ms", higher=False) if timings else "onnx",
               "throughput": _fastest(timings, passed, "bulk_per_s", higher=True) if timings else "onnx"}
     chosen["long"] = None  # all exact, or a model no longer than the checked sentences: nothing to reroute
-    if {chosen["latency"], chosen["throughput"]} - set(EXACT) and long_batches is not None:
+    long_batches = _long_batches(encoder, sample) if {chosen["latency"], chosen["throughput"]} - set(EXACT) else None
+    if long_batches is not None:  # an approximate backend was timed, so the sample is there
         long_checks, long_timings = _long_role(encoder, ready, passed, long_batches, gate)
         chosen["long"] = _fastest(long_timings, list(long_timings), "long_per_s", higher=True)
     record = {"entry": described, "latency": chosen["latency"], "throughput": chosen["throughput"],
@@ -294,9 +310,11 @@ def from_record(encoder, record: dict, ready: dict | None = None) -> RoutedBacke
     ready = dict(ready or {})
     latency = _built(encoder, record["latency"], ready)
     long = record.get("long")
-    # the long backend is built on first use, or is one of the two already built
-    return RoutedBackend(latency, _built(encoder, record["throughput"], ready),
-                         long=(lambda: _built(encoder, long, ready)) if long else None)
+    throughput = _built(encoder, record["throughput"], ready)
+    # the long backend is built on first use, or is one of the two already built; the closure holds only those
+    # two, so the candidates a decision built and did not choose are freed
+    pair = {record["latency"]: latency, record["throughput"]: throughput}
+    return RoutedBackend(latency, throughput, long=(lambda: _built(encoder, long, pair)) if long else None)
 
 
 def cached_choice(encoder, gate: QualityGate, sample_size: int):
